@@ -1,0 +1,121 @@
+"""Flower ClientApp: local training and evaluation on a node's private text.
+
+Each message carries the global weights and the run config as flattened keys,
+plus the serialized tokenizer, so a node needs nothing from the server's disk.
+The node's partition comes from its node config (`partition-id`,
+`num-partitions`); an optional `data-path` there overrides `data.path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from linguachain.config import RunConfig, load_config, valid_keys
+from linguachain.client_app.node_data import NodeData, load_node_data
+from linguachain.task.evaluate import evaluate
+from linguachain.task.model import build_model, set_weights
+from linguachain.task.tokenizer import wrap_tokenizer
+from linguachain.task.train import train_local
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_KEY = "tokenizer-json"
+
+app = ClientApp()
+
+
+def config_from_record(record: ConfigRecord) -> RunConfig:
+    """Rebuild the run config from the flattened keys of a ConfigRecord."""
+    keys = set(valid_keys())
+    return load_config({k: v for k, v in record.items() if k in keys})
+
+
+def arrays_to_weights(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
+    """Return the named arrays of an ArrayRecord in their order."""
+    return OrderedDict((name, array.numpy()) for name, array in record.items())
+
+
+def weights_to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    """Pack named numpy arrays into an ArrayRecord, keeping names and order."""
+    return ArrayRecord(OrderedDict((k, torch.from_numpy(v)) for k, v in weights.items()))
+
+
+def _node_setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, int]:
+    record = msg.content["config"]
+    config = config_from_record(record)
+    node_path = context.node_config.get("data-path")
+    if node_path:
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, path=str(node_path))
+        )
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    data = load_node_data(
+        config.data, str(record[TOKENIZER_KEY]), partition_id, num_partitions
+    )
+    return config, data, partition_id
+
+
+def _global_model(msg: Message, config: RunConfig):  # type: ignore[no-untyped-def]
+    tokenizer = wrap_tokenizer(str(msg.content["config"][TOKENIZER_KEY]))
+    model = build_model(config.model, tokenizer, config.data.block_size)
+    set_weights(model, arrays_to_weights(msg.content["arrays"]))
+    return model, tokenizer
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model on local blocks and reply with the new weights."""
+    config, data, partition_id = _node_setup(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    model, _ = _global_model(msg, config)
+
+    started = time.perf_counter()
+    seed = config.train.seed * 1_000_003 + server_round * 1009 + partition_id
+    result = train_local(model, data.train_blocks, config.train, seed)
+    seconds = time.perf_counter() - started
+    num_examples = int(data.train_blocks.numel())
+    logger.info(
+        "Node %d, round %d: %d steps, loss %.4f, %.1f s",
+        partition_id,
+        server_round,
+        result.steps,
+        result.loss,
+        seconds,
+    )
+
+    metrics = MetricRecord(
+        {
+            "num-examples": num_examples,
+            "train-loss": result.loss,
+            "train-tokens": result.tokens,
+            "train-seconds": seconds,
+        }
+    )
+    weights = OrderedDict(
+        (name, p.detach().numpy()) for name, p in model.named_parameters()
+    )
+    content = RecordDict({"arrays": weights_to_arrays(weights), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the node's local held-back blocks."""
+    config, data, _ = _node_setup(msg, context)
+    torch.set_num_threads(config.train.num_threads)
+    model, tokenizer = _global_model(msg, config)
+    result = evaluate(model, data.eval_blocks, tokenizer, config.train.batch_size)
+    metrics = {"num-examples": result.tokens}
+    if result.tokens:
+        metrics.update({"eval-loss": result.loss, "eval-perplexity": result.perplexity})
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

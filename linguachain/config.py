@@ -1,0 +1,281 @@
+"""Typed run configuration shared by `flwr run` and the Hydra sweep entry point.
+
+The dataclasses below are the single source of truth. `flwr run` passes the same
+keys flattened with dots (`model.preset`, `train.lr`) in its run config, Hydra
+composes them from `conf/`, and both go through `load_config`, which rejects an
+unknown key (naming the nearest valid one), a value of the wrong type and a value
+outside a key's allowed set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+SCALAR_TYPES = (bool, int, float, str)
+
+
+class ConfigError(ValueError):
+    """A run config key is unknown, has the wrong type or an invalid value."""
+
+
+def choices(*allowed: str, default: str) -> Any:
+    """Declare a string field restricted to `allowed` values."""
+    return field(default=default, metadata={"choices": allowed})
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2 architecture, chosen by preset (see `task.model.PRESETS`)."""
+
+    preset: str = choices("micro", "tiny", "small", "gpt2", default="tiny")
+    dropout: float = 0.0
+
+
+@dataclass
+class TokenizerConfig:
+    """Tokenizer: byte-level BPE trained on public server-side text, or GPT-2's."""
+
+    name: str = choices("bpe", "gpt2", default="bpe")
+    vocab_size: int = 4096
+    # Share of held-out articles set aside as public text for the tokenizer; the
+    # rest is the evaluation text, so the tokenizer never sees what it is scored on.
+    public_fraction: float = 0.15
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from, how it is blocked and how it is partitioned."""
+
+    dataset: str = "Salesforce/wikitext"
+    subset: str = choices(
+        "wikitext-2-raw-v1", "wikitext-103-raw-v1", default="wikitext-2-raw-v1"
+    )
+    # A folder of local text files; when set, the hub is not used.
+    path: str = ""
+    train_file: str = "train.txt"
+    test_file: str = "test.txt"
+    block_size: int = 128
+    partitioner: str = choices("iid", "dirichlet", default="iid")
+    alpha: float = 0.5
+    num_topics: int = 8
+    seed: int = 42
+    # Held-out blocks used for centralized evaluation (0 means all of them).
+    eval_blocks: int = 256
+    # Share of each node's blocks kept back for its own federated evaluation.
+    local_eval_fraction: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Rounds and local optimisation on each node."""
+
+    rounds: int = 3
+    local_steps: int = 30
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # Torch intra-op threads per ClientApp; 1 suits one CPU per ClientApp.
+    num_threads: int = 1
+    seed: int = 0
+
+
+@dataclass
+class FederationConfig:
+    """Node sampling; `num_nodes` sets the virtual SuperNodes of a sweep."""
+
+    num_nodes: int = 4
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2
+    timeout: float = 3600.0
+
+
+@dataclass
+class AggregationConfig:
+    """Server-side aggregation rule over node updates."""
+
+    name: str = choices("fedavg", "fedavgm", default="fedavg")
+    # FedAvgM only: server learning rate and momentum (an outer Nesterov-free
+    # heavy-ball step over the averaged update).
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+
+
+@dataclass
+class LedgerConfig:
+    """Ledger storage; an empty URL puts a SQLite file in the run folder."""
+
+    url: str = ""
+
+
+@dataclass
+class OutputConfig:
+    """What a run writes under `dir/<run_id>/`."""
+
+    dir: str = "results"
+    run_id: str = ""
+    save_model: bool = True
+    # Prompts for sample generations, separated by "|".
+    prompts: str = "The history of|In 1990 , the|The game"
+    max_new_tokens: int = 40
+
+
+@dataclass
+class RunConfig:
+    """The whole linguachain run configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _field_specs() -> dict[str, tuple[type, tuple[str, ...] | None]]:
+    """Map each dotted key to its type and allowed values."""
+    specs: dict[str, tuple[type, tuple[str, ...] | None]] = {}
+    for group in dataclasses.fields(RunConfig):
+        group_type = get_type_hints(RunConfig)[group.name]
+        hints = get_type_hints(group_type)
+        for item in dataclasses.fields(group_type):
+            allowed = item.metadata.get("choices")
+            specs[f"{group.name}.{item.name}"] = (hints[item.name], allowed)
+    return specs
+
+
+def valid_keys() -> list[str]:
+    """Return every dotted key the schema accepts."""
+    return sorted(_field_specs())
+
+
+def flatten(config: RunConfig) -> dict[str, Any]:
+    """Flatten a RunConfig into dotted keys, as Flower's run config carries them."""
+    flat: dict[str, Any] = {}
+    for group in dataclasses.fields(config):
+        for key, value in dataclasses.asdict(getattr(config, group.name)).items():
+            flat[f"{group.name}.{key}"] = value
+    return flat
+
+
+def _coerce(key: str, value: Any, expected: type, allowed: tuple[str, ...] | None):
+    """Check one value against its declared type and allowed values."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        raise ConfigError(
+            f"Invalid value for config key '{key}': expected {expected.__name__}, "
+            f"got {type(value).__name__} {value!r}. Pass a {expected.__name__}, "
+            f"for example --run-config \"{key}={_example(expected)}\"."
+        )
+    if allowed is not None and value not in allowed:
+        raise ConfigError(
+            f"Invalid value for config key '{key}': {value!r}. "
+            f"Allowed values: {', '.join(allowed)}."
+        )
+    return value
+
+
+def _example(expected: type) -> str:
+    return {bool: "true", int: "4", float: "0.5", str: "'text'"}[expected]
+
+
+def load_config(values: Mapping[str, Any] | None = None) -> RunConfig:
+    """Build a validated RunConfig from dotted keys over the schema defaults.
+
+    Raises ConfigError naming the key for an unknown key (with the nearest valid
+    key), a wrong type, a value outside the allowed set or an invalid range.
+    """
+    specs = _field_specs()
+    config = RunConfig()
+    for key, value in (values or {}).items():
+        if key not in specs:
+            nearest = difflib.get_close_matches(key, specs, n=1, cutoff=0.5)
+            hint = f" Did you mean '{nearest[0]}'?" if nearest else ""
+            raise ConfigError(
+                f"Unknown config key '{key}'.{hint} Valid keys: "
+                f"{', '.join(sorted(specs))}."
+            )
+        expected, allowed = specs[key]
+        group_name, name = key.split(".", 1)
+        setattr(getattr(config, group_name), name, _coerce(key, value, expected, allowed))
+    check_ranges(config)
+    return config
+
+
+def _require(condition: bool, key: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"Invalid value for config key '{key}': {value!r}; {rule}.")
+
+
+def check_ranges(config: RunConfig) -> None:
+    """Reject values of the right type that no run can use."""
+    data, train, fed = config.data, config.train, config.federation
+    _require(data.block_size >= 8, "data.block_size", data.block_size, "use >= 8")
+    _require(data.alpha > 0, "data.alpha", data.alpha, "use a Dirichlet alpha > 0")
+    _require(data.num_topics >= 1, "data.num_topics", data.num_topics, "use >= 1")
+    _require(data.eval_blocks >= 0, "data.eval_blocks", data.eval_blocks, "use >= 0")
+    _require(
+        0.0 <= data.local_eval_fraction < 1.0,
+        "data.local_eval_fraction",
+        data.local_eval_fraction,
+        "use a fraction in [0, 1)",
+    )
+    _require(
+        0.0 < config.tokenizer.public_fraction < 1.0,
+        "tokenizer.public_fraction",
+        config.tokenizer.public_fraction,
+        "use a fraction in (0, 1)",
+    )
+    _require(
+        config.tokenizer.vocab_size >= 300,
+        "tokenizer.vocab_size",
+        config.tokenizer.vocab_size,
+        "use >= 300 (256 byte tokens plus merges and special tokens)",
+    )
+    _require(train.rounds >= 1, "train.rounds", train.rounds, "use >= 1")
+    _require(train.local_steps >= 1, "train.local_steps", train.local_steps, "use >= 1")
+    _require(train.batch_size >= 1, "train.batch_size", train.batch_size, "use >= 1")
+    _require(train.lr > 0, "train.lr", train.lr, "use a learning rate > 0")
+    _require(train.grad_clip > 0, "train.grad_clip", train.grad_clip, "use > 0")
+    _require(train.num_threads >= 1, "train.num_threads", train.num_threads, "use >= 1")
+    _require(fed.num_nodes >= 1, "federation.num_nodes", fed.num_nodes, "use >= 1")
+    _require(fed.min_nodes >= 1, "federation.min_nodes", fed.min_nodes, "use >= 1")
+    _require(
+        0.0 < fed.fraction_train <= 1.0,
+        "federation.fraction_train",
+        fed.fraction_train,
+        "use a fraction in (0, 1]",
+    )
+    _require(
+        0.0 <= fed.fraction_evaluate <= 1.0,
+        "federation.fraction_evaluate",
+        fed.fraction_evaluate,
+        "use a fraction in [0, 1]",
+    )
+    _require(
+        config.output.max_new_tokens >= 1,
+        "output.max_new_tokens",
+        config.output.max_new_tokens,
+        "use >= 1",
+    )
+
+
+def from_nested(nested: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested mapping (as Hydra composes it) through the same schema."""
+    flat: dict[str, Any] = {}
+    for group, values in nested.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"Config group '{group}' must be a mapping of keys, got {values!r}."
+            )
+        for key, value in values.items():
+            flat[f"{group}.{key}"] = value
+    return load_config(flat)

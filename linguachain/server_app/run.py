@@ -1,0 +1,247 @@
+"""One federated run: set up data, tokenizer, model and ledger, then train.
+
+The ServerApp (`flwr run`) and the Hydra sweep both call `run_server`. It
+trains the public tokenizer, evaluates the global model on held-out text at
+round 0 and after every round, commits each new global model to the ledger and
+writes the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from tqdm import tqdm
+
+from linguachain.client_app.app import TOKENIZER_KEY, arrays_to_weights, weights_to_arrays
+from linguachain.config import RunConfig, flatten
+from linguachain.ledger.chain import Ledger, sqlite_url
+from linguachain.ledger.hashing import hash_json, hash_weights
+from linguachain.server_app.results import RunFolder
+from linguachain.strategies.recording import build_strategy
+from linguachain.task.blocks import articles_to_blocks
+from linguachain.task.data import load_text_pools, split_held_out
+from linguachain.task.evaluate import evaluate
+from linguachain.task.generate import generate_text
+from linguachain.task.model import build_model, count_parameters, get_weights, set_weights
+from linguachain.task.tokenizer import build_tokenizer, serialize_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerTask:
+    """Everything the server holds about the language-model task."""
+
+    tokenizer: Any
+    model: torch.nn.Module
+    eval_blocks: torch.Tensor
+    data_source: str
+
+
+def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
+    """Load text, train the tokenizer on public text and build the initial model."""
+    pools = load_text_pools(config.data)
+    logger.info("Text: %s", pools.source)
+    if config.data.path:
+        logger.info(
+            "Offline text pool in use: %s is the training pool partitioned across"
+            " nodes, %s is held out",
+            config.data.train_file,
+            config.data.test_file,
+        )
+    public, evaluation = split_held_out(pools.test, config.tokenizer.public_fraction)
+    tokenizer = build_tokenizer(config.tokenizer, [line for a in public for line in a])
+    tokenizer.save_pretrained(folder.path / "tokenizer")
+
+    blocks = articles_to_blocks(tokenizer, evaluation, config.data.block_size)
+    if config.data.eval_blocks and len(blocks) > config.data.eval_blocks:
+        # Evenly spaced blocks cover the whole evaluation text, not just its start.
+        index = torch.linspace(0, len(blocks) - 1, config.data.eval_blocks).long()
+        blocks = blocks[index]
+    if len(blocks) == 0:
+        raise ValueError(
+            f"The evaluation text holds no full {config.data.block_size}-token block;"
+            " lower data.block_size or add held-out text."
+        )
+
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, tokenizer, config.data.block_size)
+    logger.info(
+        "Model: GPT-2 preset '%s', %d parameters, vocabulary %d, block %d;"
+        " evaluation on %d held-out blocks",
+        config.model.preset,
+        count_parameters(model),
+        len(tokenizer),
+        config.data.block_size,
+        len(blocks),
+    )
+    return ServerTask(tokenizer, model, blocks, pools.source)
+
+
+class RoundCommitter:
+    """Evaluates each global model, commits it to the ledger and logs metrics.
+
+    Flower calls it as the strategy's `evaluate_fn` at round 0 and after every
+    round.
+    """
+
+    def __init__(self, config, task, strategy, ledger, folder) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.task = task
+        self.strategy = strategy
+        self.ledger = ledger
+        self.folder = folder
+        self.model_hash = ""
+        self.history: list[dict[str, Any]] = []
+        self.progress = tqdm(total=config.train.rounds, desc="rounds", unit="round")
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        weights = arrays_to_weights(arrays)
+        set_weights(self.task.model, weights)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        started = time.perf_counter()
+        result = evaluate(self.task.model, self.task.eval_blocks, self.task.tokenizer)
+        evaluate_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        model_hash = hash_weights(weights)
+        committed = server_round == 0 or model_hash != self.model_hash
+        metrics = {
+            "test_loss": result.loss,
+            "test_perplexity": result.perplexity,
+            "test_bits_per_byte": result.bits_per_byte,
+        }
+        if server_round == 0:
+            self.ledger.append_block(
+                "genesis",
+                {
+                    "model_hash": model_hash,
+                    "config_hash": hash_json(flatten(self.config)),
+                    "data_source": self.task.data_source,
+                    "params": count_parameters(self.task.model),
+                },
+            )
+        elif committed:
+            self.ledger.commit_version(server_round, model_hash, self.model_hash, metrics)
+        else:
+            logger.warning("Round %d produced no new model; nothing committed", server_round)
+        self.model_hash = model_hash
+        ledger_seconds = time.perf_counter() - started
+
+        stats = self.strategy.round_stats.get(server_round)
+        row = {
+            "round": server_round,
+            **metrics,
+            "train_loss": stats.train_loss if stats else None,
+            "nodes": stats.replies if stats else 0,
+            "tokens": stats.num_examples if stats else 0,
+            "committed": committed,
+            "model_hash": model_hash,
+            "seconds": {
+                "train": stats.train_seconds if stats else 0.0,
+                "aggregate": stats.aggregate_seconds if stats else 0.0,
+                "evaluate": evaluate_seconds,
+                "ledger": ledger_seconds,
+            },
+        }
+        self.folder.append_metrics(row)
+        self.history.append(row)
+        logger.info(
+            "Round %d: held-out loss %.4f, perplexity %.1f, %.3f bits/byte (%d nodes,"
+            " %d tokens)",
+            server_round,
+            result.loss,
+            result.perplexity,
+            result.bits_per_byte,
+            row["nodes"],
+            row["tokens"],
+        )
+        if server_round > 0:
+            self.progress.update(1)
+            self.progress.set_postfix(perplexity=f"{result.perplexity:.1f}")
+        return MetricRecord({"test-loss": result.loss, "test-perplexity": result.perplexity})
+
+
+def write_outputs(config: RunConfig, task: ServerTask, folder: RunFolder) -> list[dict]:
+    """Save the final model with its tokenizer and sample generations."""
+    if config.output.save_model:
+        task.model.save_pretrained(folder.path / "model")
+        task.tokenizer.save_pretrained(folder.path / "model")
+    samples = []
+    for prompt in filter(None, (p.strip() for p in config.output.prompts.split("|"))):
+        for top_k in (0, 40):
+            text = generate_text(
+                task.model, task.tokenizer, prompt, config.output.max_new_tokens, top_k
+            )
+            samples.append({"prompt": prompt, "top_k": top_k, "text": text})
+    folder.write_json("generations.json", samples)
+    return samples
+
+
+def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -> dict:
+    """Run a whole federation on `grid` and return the summary it writes."""
+    wall_started = time.perf_counter()
+    folder = RunFolder.create(config, folder_path)
+    logger.info("Run folder: %s", folder.path)
+    task = prepare_task(config, folder)
+    ledger_url = config.ledger.url or sqlite_url(folder.path / "ledger.db")
+    ledger = Ledger(ledger_url)
+
+    strategy = build_strategy(config)
+    committer = RoundCommitter(config, task, strategy, ledger, folder)
+    node_config = ConfigRecord(
+        {**flatten(config), TOKENIZER_KEY: serialize_tokenizer(task.tokenizer)}
+    )
+    initial = weights_to_arrays(get_weights(task.model))
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=config.train.rounds,
+        timeout=config.federation.timeout,
+        train_config=node_config,
+        evaluate_config=ConfigRecord(dict(node_config)),
+        evaluate_fn=committer,
+    )
+    committer.progress.close()
+    set_weights(task.model, arrays_to_weights(result.arrays))
+
+    samples = write_outputs(config, task, folder)
+    report = ledger.verify()
+    ledger.close()
+    history = committer.history
+    summary = {
+        "rounds": config.train.rounds,
+        "num_nodes": max((row["nodes"] for row in history), default=0),
+        "params": count_parameters(task.model),
+        "initial_test_perplexity": history[0]["test_perplexity"],
+        "final_test_perplexity": history[-1]["test_perplexity"],
+        "final_test_bits_per_byte": history[-1]["test_bits_per_byte"],
+        "final_model_hash": history[-1]["model_hash"],
+        "committed_rounds": sum(1 for row in history[1:] if row["committed"]),
+        "ledger": {"url": ledger_url, "valid": report.valid, "head": report.head_hash},
+        "data_source": task.data_source,
+        "wall_seconds": time.perf_counter() - wall_started,
+        "sample": samples[0]["text"] if samples else "",
+    }
+    folder.write_json("summary.json", summary)
+    folder.plot_perplexity()
+    logger.info(
+        "Finished %d rounds in %.0f s: held-out perplexity %.1f -> %.1f; results in %s",
+        config.train.rounds,
+        summary["wall_seconds"],
+        summary["initial_test_perplexity"],
+        summary["final_test_perplexity"],
+        folder.path,
+    )
+    return summary
