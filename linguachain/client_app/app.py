@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from linguachain.config import RunConfig, load_config, valid_keys
 from linguachain.client_app.node_data import NodeData, load_node_data
+from linguachain.logs import configure_logging
 from linguachain.task.evaluate import evaluate
 from linguachain.task.model import build_model, set_weights
 from linguachain.task.tokenizer import wrap_tokenizer
@@ -27,7 +28,8 @@ from linguachain.task.train import train_local
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_KEY = "tokenizer-json"
+TOKENIZER_RECORD = "tokenizer"
+TOKENIZER_KEY = "json"
 
 app = ClientApp()
 
@@ -49,6 +51,7 @@ def weights_to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def _node_setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, int]:
+    configure_logging()
     record = msg.content["config"]
     config = config_from_record(record)
     node_path = context.node_config.get("data-path")
@@ -58,14 +61,21 @@ def _node_setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, in
         )
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
-    data = load_node_data(
-        config.data, str(record[TOKENIZER_KEY]), partition_id, num_partitions
-    )
+    data = load_node_data(config.data, _tokenizer_json(msg), partition_id, num_partitions)
     return config, data, partition_id
 
 
+def _tokenizer_json(msg: Message) -> str:
+    if TOKENIZER_RECORD not in msg.content:
+        raise ValueError(
+            "The message carries no tokenizer record; server and node run"
+            " different linguachain versions."
+        )
+    return str(msg.content[TOKENIZER_RECORD][TOKENIZER_KEY])
+
+
 def _global_model(msg: Message, config: RunConfig):  # type: ignore[no-untyped-def]
-    tokenizer = wrap_tokenizer(str(msg.content["config"][TOKENIZER_KEY]))
+    tokenizer = wrap_tokenizer(_tokenizer_json(msg))
     model = build_model(config.model, tokenizer, config.data.block_size)
     set_weights(model, arrays_to_weights(msg.content["arrays"]))
     return model, tokenizer

@@ -23,7 +23,12 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from linguachain.client_app.app import TOKENIZER_KEY, arrays_to_weights, weights_to_arrays
+from linguachain.client_app.app import (
+    TOKENIZER_KEY,
+    TOKENIZER_RECORD,
+    arrays_to_weights,
+    weights_to_arrays,
+)
 from linguachain.config import RunConfig, flatten
 from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
@@ -200,9 +205,10 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
 
     strategy = build_strategy(config)
     committer = RoundCommitter(config, task, strategy, ledger, folder)
-    node_config = ConfigRecord(
-        {**flatten(config), TOKENIZER_KEY: serialize_tokenizer(task.tokenizer)}
+    strategy.extra_records[TOKENIZER_RECORD] = ConfigRecord(
+        {TOKENIZER_KEY: serialize_tokenizer(task.tokenizer)}
     )
+    node_config = ConfigRecord(flatten(config))
     initial = weights_to_arrays(get_weights(task.model))
     result = strategy.start(
         grid=grid,

@@ -63,15 +63,36 @@ class RoundRecorder:
         super().__init__(*args, **kwargs)
         self.round_stats: dict[int, RoundStats] = {}
         self._round_started = 0.0
+        # Records added to every message the strategy sends, next to "arrays"
+        # and "config" (for example the serialized tokenizer). Kept out of the
+        # config record because Flower logs that record in full.
+        self.extra_records: dict[str, ConfigRecord] = {}
+
+    def _attach_extra_records(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for message in messages:
+            for key, record in self.extra_records.items():
+                message.content[key] = record
+        return messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes and send them the global model, starting the round clock."""
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        messages = self._attach_extra_records(
+            super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        )
         self.round_stats[server_round] = RoundStats(sampled=len(messages))
         self._round_started = time.perf_counter()
         return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes for federated evaluation of the global model."""
+        return self._attach_extra_records(
+            super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
