@@ -102,6 +102,14 @@ def provision(
     if num_nodes < 1:
         raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
     out_path = Path(out_dir)
+    kit_folders = [out_path / SERVER_DIR]
+    kit_folders += [out_path / f"{NODE_DIR_PREFIX}{i}" for i in range(num_nodes)]
+    for folder in kit_folders:
+        if folder.exists():
+            raise FileExistsError(
+                f"kit folder {folder} already exists; provision into an empty folder "
+                "so old and new keys never mix"
+            )
     out_path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # Generate every key before writing, so a failure leaves no partial kits.
@@ -141,7 +149,7 @@ def provision(
 
     node_paths = []
     for node_index, key_share in enumerate(dealing.key_shares):
-        node_path = out_path / f"{NODE_DIR_PREFIX}{node_index}"
+        node_path = kit_folders[node_index + 1]
         _make_private_dir(node_path)
         node_files = {
             **server_files,

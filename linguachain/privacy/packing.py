@@ -11,7 +11,7 @@ it stays below 2^(modulus_bits - 1) <= n. Unpacking a sum of k replies subtracts
 k * Q from each slot and divides by 2^f.
 
 Sizes for the default layout (R = 1, f = 16, max_parties = 100, 2048-bit n):
-25-bit slots, 81 slots per ciphertext, 512-byte ciphertexts, 6.3 B/param. These
+24-bit slots, 85 slots per ciphertext, 512-byte ciphertexts, 6.0 B/param. These
 follow from the formulas above; ciphertexts_to_bytes in paillier.py writes exactly
 ciphertext_bytes per ciphertext, which tests/privacy/test_packing.py checks.
 """
