@@ -80,7 +80,7 @@ class NodeKit:
 
 @dataclass(frozen=True)
 class ServerKit:
-    """Public keys the server loads at startup; it holds no secret key."""
+    """Public keys the server loads at startup, without any secret key."""
 
     path: Path
     manifest: dict[str, Any]

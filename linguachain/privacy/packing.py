@@ -1,19 +1,23 @@
 """Fixed-point quantization and BatchCrypt-style packing into Paillier plaintexts.
 
 Each value x is clipped to [-R, R] and quantized to q = round(x * 2^f), an integer
-in [-Q, Q] with Q = floor(R * 2^f), so the quantization error is at most 2^-(f+1)
-inside the range. The offset Q makes every slot value u = q + Q non-negative, in
-[0, 2Q]. Slots of slot_bits bits, slot_bits = bit_length(max_parties * 2Q), hold
-the sum of up to max_parties slot values without carrying into the next slot; that
-headroom is what lets the server add packed ciphertexts (BatchCrypt, Zhang et al.,
-USENIX ATC 2020). A plaintext holds floor((modulus_bits - 1) / slot_bits) slots, so
-it stays below 2^(modulus_bits - 1) <= n. Unpacking a sum of k replies subtracts
-k * Q from each slot and divides by 2^f.
+in [-Q, Q] with Q = floor(R * 2^f). The quantization error is at most 2^-(f+1) for
+|x| <= Q / 2^f, which is all of [-R, R] when R * 2^f is an integer. The offset Q
+makes every slot value u = q + Q non-negative, in [0, 2Q].
+
+A slot has slot_bits = bit_length(max_parties * 2Q) bits, so the sum of up to
+max_parties slot values never carries into the next slot. That headroom lets the
+server add packed ciphertexts, as in BatchCrypt. A plaintext contains
+floor((modulus_bits - 1) / slot_bits) slots, so it stays below 2^(modulus_bits - 1),
+which is at most n. Unpacking a sum of k replies subtracts k * Q from each slot and
+divides by 2^f. Weighting by token counts is the caller's job: scale the values
+before packing and choose R for the scaled range.
 
 Sizes for the default layout (R = 1, f = 16, max_parties = 100, 2048-bit n):
 24-bit slots, 85 slots per ciphertext, 512-byte ciphertexts, 6.0 B/param. These
-follow from the formulas above; ciphertexts_to_bytes in paillier.py writes exactly
-ciphertext_bytes per ciphertext, which tests/privacy/test_packing.py checks.
+follow from the formulas above. ciphertexts_to_bytes in paillier.py writes exactly
+ciphertext_bytes per ciphertext, which test_layout_serialized_size_matches checks.
+Packing and unpacking loop over Python integers, one step per value.
 """
 
 import logging
@@ -23,8 +27,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# numpy holds slot values as int64, and float64 represents decoded slot sums
-# exactly only below 2^53.
+# Slot values are numpy int64, and float64 represents decoded slot sums exactly
+# only below 2^53.
 MAX_SLOT_BITS = 53
 
 

@@ -172,7 +172,8 @@ def test_sum_bytes_per_parameter(sum_context: ts.Context) -> None:
 
 
 def test_encrypt_overflow_bound_raises(sum_context: ts.Context) -> None:
-    # 2^19 is the largest magnitude the 60-bit first prime holds at scale 2^40.
+    # 2^19 is the largest magnitude that the 60-bit first prime can represent at
+    # scale 2^40.
     bound = ckks.get_parameters("sum").max_plaintext_magnitude
     assert bound == 2.0**19
     with pytest.raises(ValueError, match="above the .* can sum without overflow"):
@@ -288,7 +289,7 @@ def test_reply_swapped_chunks_rejected(
     sum_public_context: ts.Context, valid_reply: ckks.CKKSReply
 ) -> None:
     swapped = dataclasses.replace(valid_reply, chunks=valid_reply.chunks[::-1])
-    check_reply_rejected(sum_public_context, swapped, "chunk 0 holds 452 values")
+    check_reply_rejected(sum_public_context, swapped, "chunk 0 contains 452 values")
 
 
 @pytest.mark.parametrize(
