@@ -102,6 +102,10 @@ class StakeError(ConsensusError):
     """Invalid stake table: negative or non-integer stakes, duplicate ids, no stake."""
 
 
+class ProposerParameterError(ConsensusError):
+    """Invalid seed or block height for the proposer draw."""
+
+
 class TransactionError(ConsensusError):
     """Base class for a transaction that breaks a LinguaCoin state-transition rule."""
 
