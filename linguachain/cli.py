@@ -96,8 +96,12 @@ def generate(
 ) -> None:
     """Continue a prompt with a saved model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     from linguachain.task.generate import generate_text
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
     if not (model / "config.json").is_file():
         typer.echo(f"Error: no saved model in {model} (config.json missing).", err=True)

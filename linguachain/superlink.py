@@ -66,8 +66,9 @@ def start(num_supernodes: int, cpus_per_clientapp: int) -> str:
             raise RuntimeError(
                 f"A SuperLink that linguachain did not start already listens on"
                 f" 127.0.0.1:{LOCAL_SUPERLINK_HTTP_API_PORT}; it may install"
-                " dependencies at run time. Stop it with `flwr local stop`, or"
-                " end that process, then run `linguachain superlink start` again."
+                " dependencies at run time. End that process (for example"
+                " `pkill -f flower-superlink`), then run `linguachain superlink"
+                " start` again."
             )
         message = f"Reusing the local SuperLink (PID {read_pid()})"
     else:

@@ -220,7 +220,9 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
         evaluate_fn=committer,
     )
     committer.progress.close()
-    set_weights(task.model, arrays_to_weights(result.arrays))
+    # The committer loaded every evaluated global model into task.model, so it
+    # now holds the final one (result.arrays is empty when no round aggregated).
+    del result
 
     samples = write_outputs(config, task, folder)
     report = ledger.verify()

@@ -1,0 +1,69 @@
+"""Tests of the typed run config shared by flwr run and Hydra."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from conftest import REPO_ROOT
+from linguachain.config import ConfigError, flatten, from_nested, load_config, RunConfig
+
+
+def test_defaults_match_pyproject_run_config():
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    run_config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert run_config == flatten(RunConfig())
+
+
+def test_misspelled_key_names_nearest():
+    with pytest.raises(ConfigError) as error:
+        load_config({"train.lrr": 0.1})
+    assert "'train.lrr'" in str(error.value)
+    assert "Did you mean 'train.lr'?" in str(error.value)
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError) as error:
+        load_config({"train.rounds": "three"})
+    assert "'train.rounds'" in str(error.value)
+    assert "expected int" in str(error.value)
+
+
+def test_int_accepted_for_float():
+    assert load_config({"train.lr": 1}).train.lr == 1.0
+
+
+def test_bool_rejected_for_int():
+    with pytest.raises(ConfigError, match="train.rounds"):
+        load_config({"train.rounds": True})
+
+
+def test_value_outside_choices_lists_allowed():
+    with pytest.raises(ConfigError) as error:
+        load_config({"model.preset": "huge"})
+    assert "micro, tiny, small, gpt2" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("train.rounds", 0),
+        ("train.lr", -1.0),
+        ("data.block_size", 2),
+        ("data.alpha", 0.0),
+        ("federation.fraction_train", 1.5),
+        ("tokenizer.public_fraction", 1.0),
+    ],
+)
+def test_out_of_range_values_rejected(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config({key: value})
+
+
+def test_nested_config_goes_through_same_schema():
+    config = from_nested({"model": {"preset": "micro"}, "train": {"lr": 0.01}})
+    assert config.model.preset == "micro"
+    assert config.train.lr == 0.01
+    with pytest.raises(ConfigError, match="Did you mean 'model.preset'"):
+        from_nested({"model": {"prest": "micro"}})
