@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
@@ -114,6 +115,31 @@ class LedgerConfig:
 
 
 @dataclass
+class ConsensusConfig:
+    """Consensus-gated commits: VDF, proof of work, BLS attestations, LinguaCoin."""
+
+    enabled: bool = True
+    # chiavdf squarings per block; 150000 takes about 1 s on a 2-core CPU.
+    vdf_iterations: int = 150_000
+    pow_difficulty_bits: int = 12
+    # Validators reject a model whose loss on their local held-back text exceeds
+    # the parent model's by more than this many nats (negative: demand a gain).
+    loss_tolerance: float = 0.05
+    # Share of stake whose signatures make a block final, as "n/d" >= 2/3.
+    quorum: str = "2/3"
+    # LinguaCoin amounts in base units (10**8 per coin).
+    initial_stake: int = 100_000_000_000
+    initial_balance: int = 10_000_000_000
+    contributor_reward: int = 1_000_000_000
+    proposer_reward: int = 100_000_000
+    attester_reward: int = 50_000_000
+    # Share of bonded stake burned for one double sign, in basis points.
+    slash_basis_points: int = 500
+    # Seconds to wait for the nodes' replies to one consensus message.
+    timeout: float = 600.0
+
+
+@dataclass
 class OutputConfig:
     """What a run writes under `dir/<run_id>/`."""
 
@@ -136,6 +162,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -265,6 +292,59 @@ def check_ranges(config: RunConfig) -> None:
         "output.max_new_tokens",
         config.output.max_new_tokens,
         "use >= 1",
+    )
+    check_consensus_ranges(config.consensus)
+
+
+def parse_quorum(text: str) -> tuple[int, int]:
+    """Parse a quorum "n/d" into integers, or raise ConfigError."""
+    try:
+        numerator, denominator = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise ConfigError(
+            f"Invalid value for config key 'consensus.quorum': {text!r}; write a"
+            " fraction such as '2/3'."
+        ) from error
+    return numerator, denominator
+
+
+def check_consensus_ranges(config: ConsensusConfig) -> None:
+    """Reject consensus values that no chain can use."""
+    _require(
+        1 <= config.vdf_iterations <= 2**64 - 1,
+        "consensus.vdf_iterations",
+        config.vdf_iterations,
+        "use an iteration count >= 1",
+    )
+    _require(
+        1 <= config.pow_difficulty_bits <= 32,
+        "consensus.pow_difficulty_bits",
+        config.pow_difficulty_bits,
+        "use 1 to 32 bits",
+    )
+    numerator, denominator = parse_quorum(config.quorum)
+    _require(
+        0 < denominator and 3 * numerator >= 2 * denominator and numerator <= denominator,
+        "consensus.quorum",
+        config.quorum,
+        "use a fraction from 2/3 to 1/1",
+    )
+    _require(config.initial_stake > 0, "consensus.initial_stake", config.initial_stake, "use > 0")
+    for key in ("initial_balance", "contributor_reward", "proposer_reward", "attester_reward"):
+        value = getattr(config, key)
+        _require(0 <= value < 2**63, f"consensus.{key}", value, "use 0 to 2**63 - 1 base units")
+    _require(
+        1 <= config.slash_basis_points <= 10_000,
+        "consensus.slash_basis_points",
+        config.slash_basis_points,
+        "use 1 to 10000 basis points",
+    )
+    _require(config.timeout > 0, "consensus.timeout", config.timeout, "use > 0 seconds")
+    _require(
+        math.isfinite(config.loss_tolerance),
+        "consensus.loss_tolerance",
+        config.loss_tolerance,
+        "use a finite number of nats",
     )
 
 

@@ -129,3 +129,46 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         metrics.update({"eval-loss": result.loss, "eval-perplexity": result.perplexity})
     content = RecordDict({"metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+def _local_loss(msg: Message, context: Context, arrays: ArrayRecord) -> float:
+    config, data, _ = _node_setup(msg, context)
+    torch.set_num_threads(config.train.num_threads)
+    tokenizer = wrap_tokenizer(_tokenizer_json(msg))
+    model = build_model(config.model, tokenizer, config.data.block_size)
+    set_weights(model, arrays_to_weights(arrays))
+    # Nodes with no held-back blocks judge the model on their last training blocks.
+    blocks = data.eval_blocks if len(data.eval_blocks) else data.train_blocks[-8:]
+    return evaluate(model, blocks, tokenizer, config.train.batch_size).loss
+
+
+def _consensus(msg: Message, context: Context, action: str) -> Message:
+    from linguachain.client_app.validator import handle_query
+
+    configure_logging()
+    tolerance = float(msg.content["config"]["consensus.loss_tolerance"])
+    return handle_query(msg, context, action, _local_loss, tolerance)
+
+
+@app.query("propose")
+def consensus_propose(msg: Message, context: Context) -> Message:
+    """Evaluate the VDF and the proof of work of a block this node proposes."""
+    return _consensus(msg, context, "propose")
+
+
+@app.query("validate")
+def consensus_validate(msg: Message, context: Context) -> Message:
+    """Check a proposed block against this node's ledger copy and vote."""
+    return _consensus(msg, context, "validate")
+
+
+@app.query("sign")
+def consensus_sign(msg: Message, context: Context) -> Message:
+    """Sign a block this node voted for, at most one block per height."""
+    return _consensus(msg, context, "sign")
+
+
+@app.query("append")
+def consensus_append(msg: Message, context: Context) -> Message:
+    """Append the final blocks this node's ledger copy lacks."""
+    return _consensus(msg, context, "append")

@@ -1,45 +1,73 @@
-"""The hash-chained ledger: appending blocks and verifying the whole chain.
+"""The hash-chained ledger: storing blocks, appending checked blocks, verifying.
 
-Each block's hash is the SHA-256 of the canonical JSON of its header (height,
-parent hash, kind, timestamp, proposer, SHA-256 of the payload, consensus
-evidence). Every block is written in one database transaction, together with
-any rows derived from it, so a crash never leaves half a block.
+Each block's hash is the SHA-256 of the canonical JSON of its header (see
+`rules.block_header`). Every block is written in one database transaction,
+together with the rows derived from it (transactions, attestations, model
+versions, accounts, chain state), so a crash never leaves half a block. Before a
+block is written, `ledger.rules.process_block` checks it against the state after
+the current head; `verify` replays every block from genesis with the same rules
+and compares the derived rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from linguachain.ledger.hashing import canonical_json, hash_json
-from linguachain.ledger.models import Base, Block, ModelVersion
+from linguachain.ledger.hashing import canonical_json
+from linguachain.ledger.models import (
+    Account,
+    AttestationRow,
+    Base,
+    Block,
+    ChainState,
+    MempoolEntry,
+    ModelVersion,
+    SignedHeight,
+    TransactionRow,
+)
+from linguachain.ledger.rules import (
+    BLOCK_KINDS,
+    GENESIS_PARENT_HASH,
+    ChainContext,
+    ConsensusParams,
+    InvalidBlockError,
+    block_header,
+    compute_block_hash,
+    process_block,
+)
+from linguachain.ledger.transactions import AccountState, deserialize_transaction
+
+__all__ = [
+    "BLOCK_KINDS",
+    "GENESIS_PARENT_HASH",
+    "ChainConflictError",
+    "InvalidBlockError",
+    "Ledger",
+    "VerifyReport",
+    "block_header",
+    "compute_block_hash",
+    "sqlite_url",
+]
 
 logger = logging.getLogger(__name__)
 
-GENESIS_PARENT_HASH = "0" * 64
-BLOCK_KINDS = ("genesis", "data", "version", "transaction")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-class InvalidBlockError(ValueError):
-    """A block breaks a chain rule; names the height and the rule."""
-
-    def __init__(self, height: int, rule: str, detail: str) -> None:
-        super().__init__(f"Block {height} breaks rule '{rule}': {detail}")
-        self.height = height
-        self.rule = rule
-        self.detail = detail
+class ChainConflictError(RuntimeError):
+    """Another writer appended at the same height first; rebuild on the new head."""
 
 
 @dataclass
@@ -61,26 +89,6 @@ class VerifyReport:
         )
 
 
-def block_header(block: Block) -> dict[str, Any]:
-    """Return the fields a block's hash covers."""
-    return {
-        "height": block.height,
-        "parent_hash": block.parent_hash,
-        "kind": block.kind,
-        "timestamp": block.timestamp,
-        "proposer": block.proposer or "",
-        "payload_sha256": hashlib.sha256(block.payload.encode("utf-8")).hexdigest(),
-        "vdf_output": (block.vdf_output or b"").hex(),
-        "vdf_proof": (block.vdf_proof or b"").hex(),
-        "pow_nonce": block.pow_nonce or 0,
-    }
-
-
-def compute_block_hash(block: Block) -> str:
-    """Return the SHA-256 hex digest of the block's canonical header."""
-    return hash_json(block_header(block))
-
-
 def sqlite_url(path: str | Path) -> str:
     """Return the SQLAlchemy URL of a SQLite file."""
     return f"sqlite:///{Path(path).resolve()}"
@@ -89,11 +97,45 @@ def sqlite_url(path: str | Path) -> str:
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's BEGIN below start transactions, not pysqlite.
+        connection.isolation_level = None
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        # IMMEDIATE takes the write lock at the start, so two appenders never
+        # read the same head and then race (SQLite has no SELECT ... FOR UPDATE).
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _context_from_rows(
+    head: Block | None, state: ChainState | None, accounts: list[Account]
+) -> ChainContext:
+    summary = json.loads(state.summary) if state else {}
+    params = summary.get("params")
+    nonces = {a.account: a.nonce for a in accounts if a.nonce}
+    if summary.get("protocol_nonce"):
+        nonces["protocol"] = summary["protocol_nonce"]
+    return ChainContext(
+        head=head,
+        params=ConsensusParams(**params) if params else None,
+        accounts=AccountState(
+            balances={a.account: a.balance for a in accounts if a.balance},
+            stakes={a.account: a.stake for a in accounts if a.stake or a.account in
+                    summary.get("validators", [])},
+            nonces=nonces,
+            slashed=frozenset(tuple(item) for item in summary.get("slashed", [])),
+            minted=summary.get("minted", 0),
+            burned=summary.get("burned", 0),
+        ),
+        model_hash=summary.get("model_hash"),
+        last_round=summary.get("last_round", 0),
+        last_version=summary.get("last_version"),
+    )
 
 
 class Ledger:
@@ -117,17 +159,24 @@ class Ledger:
         """Release connections; SQLite checkpoints its write-ahead log here."""
         self.engine.dispose()
 
+    # --- Reading ---
+
     def head(self) -> Block | None:
         """Return the block with the greatest height, or None for an empty chain."""
         with self.sessions() as session:
-            return session.scalars(
-                select(Block).order_by(Block.height.desc()).limit(1)
-            ).first()
+            return _head(session)
 
-    def blocks(self) -> Iterator[Block]:
-        """Yield every block in height order."""
+    def block_at(self, height: int) -> Block | None:
+        """Return the block at `height`, or None."""
         with self.sessions() as session:
-            yield from session.scalars(select(Block).order_by(Block.height))
+            return session.scalars(select(Block).where(Block.height == height)).first()
+
+    def blocks(self, since: int = 0) -> Iterator[Block]:
+        """Yield every block from height `since` on, in height order."""
+        with self.sessions() as session:
+            yield from session.scalars(
+                select(Block).where(Block.height >= since).order_by(Block.height)
+            )
 
     def model_versions(self) -> list[ModelVersion]:
         """Return committed model versions in round order."""
@@ -136,40 +185,121 @@ class Ledger:
                 session.scalars(select(ModelVersion).order_by(ModelVersion.round))
             )
 
-    def _new_block(
-        self, session: Session, kind: str, payload: dict[str, Any], proposer: str
-    ) -> Block:
-        if kind not in BLOCK_KINDS:
-            raise ValueError(f"Unknown block kind {kind!r}; use one of {BLOCK_KINDS}.")
-        parent = session.scalars(
-            select(Block).order_by(Block.height.desc()).limit(1)
-        ).first()
-        if parent is None and kind != "genesis":
-            raise ValueError("The chain is empty: append a genesis block first.")
-        if parent is not None and kind == "genesis":
-            raise ValueError(f"The chain already has a genesis block ({parent.hash}).")
-        block = Block(
-            height=0 if parent is None else parent.height + 1,
-            parent_hash=GENESIS_PARENT_HASH if parent is None else parent.hash,
-            kind=kind,
-            timestamp=int(time.time()),
-            proposer=proposer,
-            payload=canonical_json(payload).decode("ascii"),
-            vdf_output=b"",
-            vdf_proof=b"",
-            pow_nonce=0,
-        )
-        block.hash = compute_block_hash(block)
-        session.add(block)
-        return block
+    def model_version(self, model_hash: str) -> ModelVersion | None:
+        """Return the committed version with `model_hash`, or None."""
+        with self.sessions() as session:
+            return session.scalars(
+                select(ModelVersion).where(ModelVersion.model_hash == model_hash)
+            ).first()
+
+    def accounts(self) -> list[Account]:
+        """Return every account row, sorted by account id."""
+        with self.sessions() as session:
+            return list(session.scalars(select(Account).order_by(Account.account)))
+
+    def context(self) -> ChainContext:
+        """Return the chain context after the head block, from the stored state."""
+        with self.sessions() as session:
+            return self._context(session)
+
+    def _context(self, session: Session) -> ChainContext:
+        head = _head(session)
+        state = session.get(ChainState, 1)
+        accounts = list(session.scalars(select(Account)))
+        return _context_from_rows(head, state, accounts)
+
+    # --- Writing ---
+
+    def append(
+        self,
+        block: Block,
+        check_signatures: bool = True,
+        signatures: dict[str, bytes] | None = None,
+        weights_path: str = "",
+    ) -> ChainContext:
+        """Check `block` against the head and append it, in one transaction.
+
+        Raise InvalidBlockError when a rule is broken and ChainConflictError when
+        another writer extended the head first; the chain is unchanged then.
+        """
+        try:
+            with self.sessions.begin() as session:
+                before = self._context(session)
+                after = process_block(before, block, check_signatures)
+                self._write(session, block, before, after, signatures or {}, weights_path)
+        except IntegrityError as error:
+            raise ChainConflictError(
+                f"block {block.height} conflicts with a block written concurrently:"
+                " rebuild it on the new head"
+            ) from error
+        logger.info("Appended %s block %d (%s)", block.kind, block.height, block.hash[:12])
+        return after
+
+    def _write(
+        self,
+        session: Session,
+        block: Block,
+        before: ChainContext,
+        after: ChainContext,
+        signatures: dict[str, bytes],
+        weights_path: str,
+    ) -> None:
+        stored = Block(**{c: getattr(block, c) for c in _BLOCK_COLUMNS})
+        session.add(stored)
+        session.flush()
+        payload = json.loads(block.payload)
+        for position, text in enumerate(payload.get("transactions", [])):
+            tx = deserialize_transaction(text.encode("ascii"))
+            session.add(
+                TransactionRow(
+                    block_height=block.height,
+                    position=position,
+                    tx_hash=_sha256(text),
+                    kind=str(tx.kind),
+                    sender=tx.sender,
+                    recipient=tx.recipient,
+                    amount=tx.amount,
+                    nonce=tx.nonce,
+                    encoded=text,
+                )
+            )
+        for validator, signature in sorted(signatures.items()):
+            session.add(
+                AttestationRow(
+                    block_height=block.height, validator=validator, signature=signature
+                )
+            )
+        if block.kind == "version":
+            metrics = payload.get("metrics", {})
+            session.add(
+                ModelVersion(
+                    round=payload["round"],
+                    model_hash=payload["model_hash"],
+                    parent_hash=payload["parent_model_hash"] or "",
+                    block_height=block.height,
+                    metrics=canonical_json(metrics).decode("ascii"),
+                    weights_path=weights_path,
+                )
+            )
+        _write_state(session, before, after)
+        if block.kind == "transaction":
+            # Included transactions leave the mempool in the same transaction.
+            hashes = [_sha256(text) for text in payload["transactions"]]
+            session.execute(delete(MempoolEntry).where(MempoolEntry.entry_hash.in_(hashes)))
 
     def append_block(
         self, kind: str, payload: dict[str, Any], proposer: str = ""
     ) -> Block:
-        """Append one block on top of the head, in one transaction."""
-        with self.sessions.begin() as session:
-            block = self._new_block(session, kind, payload, proposer)
-        logger.info("Appended %s block %d (%s)", kind, block.height, block.hash[:12])
+        """Append a block without consensus evidence (unattested chains only)."""
+        if kind not in BLOCK_KINDS:
+            raise ValueError(f"Unknown block kind {kind!r}; use one of {BLOCK_KINDS}.")
+        head = self.head()
+        if head is None and kind != "genesis":
+            raise ValueError("The chain is empty: append a genesis block first.")
+        if head is not None and kind == "genesis":
+            raise ValueError(f"The chain already has a genesis block ({head.hash}).")
+        block = new_block(head, kind, payload, proposer)
+        self.append(block)
         return block
 
     def commit_version(
@@ -180,26 +310,15 @@ class Ledger:
         metrics: dict[str, Any],
         weights_path: str = "",
     ) -> Block:
-        """Append a version block and its model version row in one transaction."""
+        """Append an unattested version block and its model version row."""
         payload = {
             "round": server_round,
             "model_hash": model_hash,
             "parent_model_hash": parent_model_hash,
             "metrics": metrics,
         }
-        with self.sessions.begin() as session:
-            block = self._new_block(session, "version", payload, proposer="")
-            session.flush()
-            session.add(
-                ModelVersion(
-                    round=server_round,
-                    model_hash=model_hash,
-                    parent_hash=parent_model_hash,
-                    block_height=block.height,
-                    metrics=canonical_json(metrics).decode("ascii"),
-                    weights_path=weights_path,
-                )
-            )
+        block = new_block(self.head(), "version", payload, "")
+        self.append(block, weights_path=weights_path)
         logger.info(
             "Committed model %s of round %d in block %d",
             model_hash[:12],
@@ -208,24 +327,62 @@ class Ledger:
         )
         return block
 
-    def verify(self) -> VerifyReport:
+    # --- Mempool and signing record ---
+
+    def submit(self, kind: str, encoded: str) -> str:
+        """Queue a signed transaction or double-sign evidence; return its hash."""
+        entry_hash = _sha256(encoded)
+        with self.sessions.begin() as session:
+            if session.scalars(
+                select(MempoolEntry).where(MempoolEntry.entry_hash == entry_hash)
+            ).first() is None:
+                session.add(MempoolEntry(entry_hash=entry_hash, kind=kind, encoded=encoded))
+        return entry_hash
+
+    def mempool(self) -> list[MempoolEntry]:
+        """Return queued entries in submission order."""
+        with self.sessions() as session:
+            return list(session.scalars(select(MempoolEntry).order_by(MempoolEntry.id)))
+
+    def drop_from_mempool(self, entry_hash: str) -> None:
+        """Remove one queued entry, for example one that no block can include."""
+        with self.sessions.begin() as session:
+            session.execute(delete(MempoolEntry).where(MempoolEntry.entry_hash == entry_hash))
+
+    def record_signature(self, height: int, block_hash: str) -> bool:
+        """Record that this node signs `block_hash` at `height`.
+
+        Return False, recording nothing, when it already signed another block at
+        that height, because a second signature there is a slashable double sign.
+        """
+        with self.sessions.begin() as session:
+            existing = session.get(SignedHeight, height)
+            if existing is not None:
+                return existing.block_hash == block_hash
+            session.add(SignedHeight(height=height, block_hash=block_hash))
+        return True
+
+    # --- Verification ---
+
+    def verify(self, check_signatures: bool = True) -> VerifyReport:
         """Replay the chain and report the first block that breaks a rule."""
         count = 0
         head_hash = GENESIS_PARENT_HASH
         try:
-            versions = {v.block_height: v for v in self.model_versions()}
-            previous: Block | None = None
-            last_model_hash: str | None = None
-            version_heights: set[int] = set()
-            for block in self.blocks():
-                last_model_hash = check_block(
-                    block, previous, versions, last_model_hash
-                )
-                if block.kind == "version":
-                    version_heights.add(block.height)
-                previous = block
-                head_hash = block.hash
-                count += 1
+            with self.sessions() as session:
+                derived = _derived_rows(session)
+                context = ChainContext()
+                for block in session.scalars(select(Block).order_by(Block.height)):
+                    context = process_block(context, block, check_signatures)
+                    check_derived_rows(block, derived)
+                    head_hash = block.hash
+                    count += 1
+                if count == 0:
+                    return VerifyReport(
+                        False, 0, head_hash, 0, "genesis", "the chain is empty"
+                    )
+                check_orphans(derived)
+                check_state_rows(session, context)
         except InvalidBlockError as error:
             return VerifyReport(
                 False, count, head_hash, error.height, error.rule, error.detail
@@ -234,71 +391,173 @@ class Ledger:
             return VerifyReport(
                 False, count, head_hash, count, "readable-database", str(error.orig)
             )
-        if count == 0:
-            return VerifyReport(False, 0, head_hash, 0, "genesis", "the chain is empty")
-        orphans = set(versions) - version_heights
-        if orphans:
-            return VerifyReport(
-                False,
-                count,
-                head_hash,
-                min(orphans),
-                "model-version",
-                "a model version row points at a block that is not a version block",
-            )
         return VerifyReport(True, count, head_hash)
 
 
-def check_block(
-    block: Block,
-    previous: Block | None,
-    versions: dict[int, ModelVersion],
-    last_model_hash: str | None,
-) -> str | None:
-    """Check one block against its parent; return the model hash now committed."""
-    height = block.height
-    expected_height = 0 if previous is None else previous.height + 1
-    if height != expected_height:
-        raise InvalidBlockError(height, "height", f"expected height {expected_height}")
-    expected_parent = GENESIS_PARENT_HASH if previous is None else previous.hash
-    if block.parent_hash != expected_parent:
-        raise InvalidBlockError(
-            height, "parent-link", f"parent {block.parent_hash} != {expected_parent}"
-        )
-    if block.kind not in BLOCK_KINDS or (block.kind == "genesis") != (previous is None):
-        raise InvalidBlockError(height, "block-kind", f"kind {block.kind!r} here")
-    recomputed = compute_block_hash(block)
-    if block.hash != recomputed:
-        raise InvalidBlockError(
-            height, "block-hash", f"stored {block.hash}, recomputed {recomputed}"
-        )
-    try:
-        payload = json.loads(block.payload)
-    except json.JSONDecodeError as error:
-        raise InvalidBlockError(height, "payload-json", str(error)) from error
+_BLOCK_COLUMNS = (
+    "height", "hash", "parent_hash", "kind", "timestamp", "proposer", "payload",
+    "vdf_output", "vdf_proof", "pow_nonce", "attestation", "signers",
+)
 
-    if block.kind == "genesis":
-        return payload.get("model_hash")
+
+def new_block(
+    parent: Block | None, kind: str, payload: dict[str, Any], proposer: str
+) -> Block:
+    """Build an unsealed block on top of `parent`, with its hash set."""
+    block = Block(
+        height=0 if parent is None else parent.height + 1,
+        parent_hash=GENESIS_PARENT_HASH if parent is None else parent.hash,
+        kind=kind,
+        timestamp=int(time.time()),
+        proposer=proposer,
+        payload=canonical_json(payload).decode("ascii"),
+        vdf_output=b"",
+        vdf_proof=b"",
+        pow_nonce=0,
+        attestation=b"",
+        signers="[]",
+    )
+    block.hash = compute_block_hash(block)
+    return block
+
+
+def _head(session: Session) -> Block | None:
+    return session.scalars(select(Block).order_by(Block.height.desc()).limit(1)).first()
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_state(session: Session, before: ChainContext, after: ChainContext) -> None:
+    old, new = before.accounts, after.accounts
+    touched = set(new.balances) | set(new.stakes) | set(new.nonces)
+    touched.discard("protocol")
+    for account in touched:
+        values = (
+            new.balances.get(account, 0),
+            new.stakes.get(account, 0),
+            new.nonces.get(account, 0),
+        )
+        previous = (
+            old.balances.get(account, 0),
+            old.stakes.get(account, 0),
+            old.nonces.get(account, 0),
+        )
+        if values != previous or before.head is None:
+            session.merge(
+                Account(account=account, balance=values[0], stake=values[1],
+                        nonce=values[2])
+            )
+    summary = after.summary()
+    summary["validators"] = sorted(new.stakes)
+    session.merge(ChainState(id=1, summary=canonical_json(summary).decode("ascii")))
+
+
+def _derived_rows(session: Session) -> dict[str, dict[int, list[Any]]]:
+    rows: dict[str, dict[int, list[Any]]] = {
+        "transactions": defaultdict(list),
+        "attestations": defaultdict(list),
+        "versions": defaultdict(list),
+    }
+    for tx in session.scalars(select(TransactionRow).order_by(TransactionRow.position)):
+        rows["transactions"][tx.block_height].append(tx)
+    for row in session.scalars(select(AttestationRow)):
+        rows["attestations"][row.block_height].append(row)
+    for version in session.scalars(select(ModelVersion)):
+        rows["versions"][version.block_height].append(version)
+    rows["seen"] = {}
+    return rows
+
+
+def check_derived_rows(block: Block, derived: dict[str, Any]) -> None:
+    """Check the transaction, attestation and model version rows of one block."""
+    height = block.height
+    derived["seen"][height] = block.kind
+    payload = json.loads(block.payload)
+    stored_txs = [
+        (tx.position, tx.encoded, tx.tx_hash, tx.kind, tx.sender, tx.recipient,
+         tx.amount, tx.nonce)
+        for tx in derived["transactions"].get(height, [])
+    ]
+    expected_txs = []
+    for position, text in enumerate(payload.get("transactions", [])):
+        tx = deserialize_transaction(text.encode("ascii"))
+        expected_txs.append(
+            (position, text, _sha256(text), str(tx.kind), tx.sender, tx.recipient,
+             tx.amount, tx.nonce)
+        )
+    if stored_txs != expected_txs:
+        raise InvalidBlockError(height, "transaction-rows", "rows differ from the block")
+
+    attesters = sorted(row.validator for row in derived["attestations"].get(height, []))
+    if attesters and attesters != json.loads(block.signers or "[]"):
+        raise InvalidBlockError(height, "attestation-rows", "rows differ from signers")
+
+    versions = derived["versions"].get(height, [])
     if block.kind != "version":
-        return last_model_hash
-    version = versions.get(height)
-    if version is None:
+        return
+    if len(versions) != 1:
         raise InvalidBlockError(height, "model-version", "no model version row")
+    version = versions[0]
     stored = {
         "round": version.round,
         "model_hash": version.model_hash,
         "parent_model_hash": version.parent_hash,
         "metrics": json.loads(version.metrics),
     }
-    if canonical_json(stored) != canonical_json(payload):
+    expected = {key: payload.get(key) for key in stored}
+    expected["parent_model_hash"] = expected["parent_model_hash"] or ""
+    if canonical_json(stored) != canonical_json(expected):
         raise InvalidBlockError(
             height, "model-version", "model version row differs from the block"
         )
-    if payload["parent_model_hash"] != last_model_hash:
+
+
+def check_orphans(derived: dict[str, Any]) -> None:
+    """Reject derived rows that point at no block of the right kind."""
+    seen = derived["seen"]
+    for table in ("transactions", "attestations"):
+        orphans = set(derived[table]) - set(seen)
+        if orphans:
+            raise InvalidBlockError(min(orphans), f"{table[:-1]}-rows", "row without block")
+    orphans = {h for h in derived["versions"] if seen.get(h) != "version"}
+    if orphans:
         raise InvalidBlockError(
-            height,
-            "model-parent",
-            f"parent model {payload['parent_model_hash']} != committed"
-            f" {last_model_hash}",
+            min(orphans),
+            "model-version",
+            "a model version row points at a block that is not a version block",
         )
-    return payload["model_hash"]
+
+
+def check_state_rows(session: Session, context: ChainContext) -> None:
+    """Compare the stored accounts and chain state with the replayed ones."""
+    if context.head is None:
+        return
+    height = context.head.height
+    state = context.accounts
+    replayed = {
+        account: (
+            state.balances.get(account, 0),
+            state.stakes.get(account, 0),
+            state.nonces.get(account, 0),
+        )
+        for account in (set(state.balances) | set(state.stakes) | set(state.nonces))
+        if account != "protocol"
+    }
+    stored = {
+        row.account: (row.balance, row.stake, row.nonce)
+        for row in session.scalars(select(Account))
+    }
+    for account in set(replayed) | set(stored):
+        if replayed.get(account, (0, 0, 0)) != stored.get(account, (0, 0, 0)):
+            raise InvalidBlockError(
+                height, "balances", f"account {account[:16]} differs from the replay"
+            )
+    row = session.get(ChainState, 1)
+    summary = context.summary()
+    summary["validators"] = sorted(state.stakes)
+    if row is None or json.loads(row.summary) != json.loads(canonical_json(summary)):
+        raise InvalidBlockError(height, "supply", "chain state differs from the replay")

@@ -33,6 +33,7 @@ from linguachain.config import RunConfig, flatten
 from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.results import RunFolder
+from linguachain.strategies.consensus import ConsensusDriver, gate_strategy
 from linguachain.strategies.recording import build_strategy
 from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools, split_held_out
@@ -108,6 +109,8 @@ class RoundCommitter:
         self.ledger = ledger
         self.folder = folder
         self.model_hash = ""
+        # Set when consensus gates commits: the driver appends the blocks.
+        self.consensus: ConsensusDriver | None = None
         self.history: list[dict[str, Any]] = []
         self.progress = tqdm(total=config.train.rounds, desc="rounds", unit="round")
 
@@ -127,7 +130,20 @@ class RoundCommitter:
             "test_perplexity": result.perplexity,
             "test_bits_per_byte": result.bits_per_byte,
         }
-        if server_round == 0:
+        outcome = None
+        offset = self.consensus.round_offset if self.consensus else 0
+        if self.consensus is not None:
+            outcome = self.consensus.outcomes.get(server_round)
+            committed = outcome is not None and outcome.status == "accepted"
+            if server_round == 0 and offset:
+                # Resumed run: round 0 is the last final model, already logged.
+                self.model_hash = model_hash
+                self.history.append(
+                    {"round": offset, **metrics, "nodes": 0, "committed": False,
+                     "model_hash": model_hash}
+                )
+                return MetricRecord({"test-loss": result.loss})
+        elif server_round == 0:
             self.ledger.append_block(
                 "genesis",
                 {
@@ -144,9 +160,11 @@ class RoundCommitter:
         self.model_hash = model_hash
         ledger_seconds = time.perf_counter() - started
 
+        if outcome is not None:
+            ledger_seconds = outcome.seconds
         stats = self.strategy.round_stats.get(server_round)
         row = {
-            "round": server_round,
+            "round": server_round + offset,
             **metrics,
             "train_loss": stats.train_loss if stats else None,
             "nodes": stats.replies if stats else 0,
@@ -160,6 +178,13 @@ class RoundCommitter:
                 "ledger": ledger_seconds,
             },
         }
+        if outcome is not None:
+            row["consensus"] = {
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "blocks": outcome.blocks,
+                "vdf_seconds": outcome.vdf_seconds,
+            }
         self.folder.append_metrics(row)
         self.history.append(row)
         logger.info(
@@ -209,17 +234,31 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
         {TOKENIZER_KEY: serialize_tokenizer(task.tokenizer)}
     )
     node_config = ConfigRecord(flatten(config))
+    num_rounds = config.train.rounds
+    if config.consensus.enabled:
+        driver = committer.consensus = ConsensusDriver(config, ledger, folder.path)
+        gate_strategy(strategy, driver).consensus.extra_records = strategy.extra_records
+        genesis_extra = {
+            "config_hash": hash_json(flatten(config)),
+            "data_source": task.data_source,
+            "params": count_parameters(task.model),
+        }
+        # A restarted run resumes from the last final version block.
+        set_weights(task.model, driver.start(grid, get_weights(task.model), genesis_extra))
+        num_rounds -= driver.round_offset
     initial = weights_to_arrays(get_weights(task.model))
     result = strategy.start(
         grid=grid,
         initial_arrays=initial,
-        num_rounds=config.train.rounds,
+        num_rounds=max(num_rounds, 0),
         timeout=config.federation.timeout,
         train_config=node_config,
         evaluate_config=ConfigRecord(dict(node_config)),
         evaluate_fn=committer,
     )
     committer.progress.close()
+    if committer.consensus is not None:
+        committer.consensus.finish()
     # The committer loaded every evaluated global model into task.model, so it
     # now holds the final one (result.arrays is empty when no round aggregated).
     del result

@@ -1,0 +1,160 @@
+"""A node's consensus role: its own ledger copy, proposing, voting and signing.
+
+Every query message carries the final blocks the node lacks; the node checks
+each one against its own copy (all chain rules, BLS included) before appending
+it, so a node never trusts the server's chain. In simulation the node's key and
+ledger live in `<run>/nodes/node-<partition>/`; node config keys `bls-key` and
+`ledger-db` override them in a deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from linguachain.ledger.chain import ChainConflictError, InvalidBlockError, Ledger
+from linguachain.ledger.consensus import (
+    block_from_dict,
+    block_to_dict,
+    blocks_from_json,
+    prove_block,
+    sign_block,
+    validate_proposal,
+)
+from linguachain.ledger.hashing import hash_weights
+from linguachain.ledger.keys import BLS_KEY_FILE, ValidatorKey, read_validator_key
+from linguachain.ledger.models import Block
+from linguachain.strategies.consensus import CONSENSUS_RECORD, PARENT_RECORD, node_dir
+
+logger = logging.getLogger(__name__)
+
+# Computes a model's mean loss on the node's local held-back text, in nats.
+LossFn = Callable[[Message, Context, ArrayRecord], float]
+
+
+def _paths(msg: Message, context: Context) -> tuple[Path, Path]:
+    record = msg.content[CONSENSUS_RECORD]
+    folder = node_dir(Path(str(record["nodes-dir"])), int(context.node_config["partition-id"]))
+    key_path = Path(str(context.node_config.get("bls-key", folder / BLS_KEY_FILE)))
+    db_path = Path(str(context.node_config.get("ledger-db", folder / "ledger.db")))
+    return key_path, db_path
+
+
+def sync_blocks(ledger: Ledger, blocks: list[Block]) -> None:
+    """Append the blocks this copy lacks, each checked against the copy first."""
+    head = ledger.head()
+    for block in blocks:
+        if head is not None and block.height <= head.height:
+            held = ledger.block_at(block.height)
+            if held is None or held.hash != block.hash:
+                raise InvalidBlockError(
+                    block.height, "fork", "the server's block differs from this copy"
+                )
+            continue
+        ledger.append(block)
+        head = block
+
+
+def handle_query(
+    msg: Message, context: Context, action: str, model_loss: LossFn, tolerance: float
+) -> Message:
+    """Run one consensus action on this node and reply with its result."""
+    key_path, db_path = _paths(msg, context)
+    key = read_validator_key(key_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger.open(db_path)
+    try:
+        record = msg.content[CONSENSUS_RECORD]
+        sync_blocks(ledger, blocks_from_json(str(record["blocks"])))
+        result: dict[str, object] = {}
+        if action == "propose":
+            result = _propose(ledger, key, record)
+        elif action == "validate":
+            result = _vote(ledger, msg, context, record, model_loss, tolerance)
+        elif action == "sign":
+            result = _sign(ledger, key, record)
+        head = ledger.head()
+        result.update({"account": key.account, "head": head.height if head else -1})
+    finally:
+        ledger.close()
+    return Message(RecordDict({CONSENSUS_RECORD: ConfigRecord(result)}), reply_to=msg)
+
+
+def _proposal(record: ConfigRecord) -> Block:
+    return block_from_dict(json.loads(str(record["proposal"]))[0])
+
+
+def _propose(ledger: Ledger, key: ValidatorKey, record: ConfigRecord) -> dict[str, object]:
+    template = _proposal(record)
+    if template.proposer != key.account:
+        raise ValueError("this node is not the drawn proposer of the block")
+    started = time.perf_counter()
+    proved = prove_block(template, ledger.context())
+    logger.info("Proved block %d in %.2f s", proved.height, time.perf_counter() - started)
+    return {"block": json.dumps(block_to_dict(proved))}
+
+
+def _vote(
+    ledger: Ledger,
+    msg: Message,
+    context: Context,
+    record: ConfigRecord,
+    model_loss: LossFn,
+    tolerance: float,
+) -> dict[str, object]:
+    block = _proposal(record)
+    chain = ledger.context()
+    try:
+        validate_proposal(chain, block)
+        if block.kind == "version":
+            _check_model(msg, context, block, chain.model_hash, model_loss, tolerance)
+    except (InvalidBlockError, ValueError) as error:
+        logger.warning("Rejected block %d: %s", block.height, error)
+        return {"accept": False, "reason": str(error)}
+    return {"accept": True, "reason": ""}
+
+
+def _check_model(
+    msg: Message,
+    context: Context,
+    block: Block,
+    committed_hash: str | None,
+    model_loss: LossFn,
+    tolerance: float,
+) -> None:
+    payload = json.loads(block.payload)
+    proposed: ArrayRecord = msg.content["arrays"]
+    parent: ArrayRecord = msg.content[PARENT_RECORD]
+    if hash_weights({n: a.numpy() for n, a in proposed.items()}) != payload["model_hash"]:
+        raise ValueError("the proposed weights do not hash to the block's model hash")
+    if hash_weights({n: a.numpy() for n, a in parent.items()}) != committed_hash:
+        raise ValueError("the parent weights are not the committed model")
+    new_loss = model_loss(msg, context, proposed)
+    parent_loss = model_loss(msg, context, parent)
+    if not math.isfinite(new_loss) or new_loss > parent_loss + tolerance:
+        raise ValueError(
+            f"local held-back loss {new_loss:.4f} exceeds the parent's {parent_loss:.4f}"
+            f" by more than the tolerance {tolerance}"
+        )
+    logger.info("Block %d: local loss %.4f -> %.4f", block.height, parent_loss, new_loss)
+
+
+def _sign(ledger: Ledger, key: ValidatorKey, record: ConfigRecord) -> dict[str, object]:
+    block = _proposal(record)
+    chain = ledger.context()
+    validate_proposal(chain, block)
+    if not ledger.record_signature(block.height, block.hash):
+        raise ValueError(
+            f"already signed another block at height {block.height}; refusing to"
+            " double sign"
+        )
+    return {"signature": sign_block(key, block).hex()}
+
+
+__all__ = ["ChainConflictError", "handle_query", "sync_blocks"]

@@ -1,0 +1,574 @@
+"""Chain rules: one function per rule, applied by `verify` and by every validator.
+
+A block passes `process_block` when, against the state after its parent:
+
+| rule | check |
+| --- | --- |
+| `height`, `parent-link`, `block-kind`, `block-hash` | contiguous heights, the parent's hash, a known kind, the hash recomputed from the header |
+| `payload-json` | the payload is canonical JSON |
+| `proposer` | the proposer is the stake-weighted draw seeded by the parent's VDF output |
+| `vdf` | a Wesolowski proof over `vdf_challenge(parent hash)` with the genesis iteration count |
+| `pow` | SHA-256(header without nonce, nonce) has the genesis difficulty in leading zero bits |
+| `attestation` | distinct staked signers, at least two thirds of the stake, FastAggregateVerify over `attestation_message(height, hash)` |
+| `genesis`, `version`, `data`, `transaction` | the payload rules of each kind (below), which also check rewards and transactions |
+
+Genesis payload: `consensus` (the parameters) and `validators` (account, proof of
+possession, stake, balance); a genesis without `consensus` starts an unattested
+chain whose blocks carry no evidence (consensus disabled). Version payload: `round`,
+`model_hash`, `parent_model_hash`, `commitments`, `metrics`, `transactions` (the
+rewards of `version_rewards`). Data payload: `round`, `status` (`accepted` or
+`rejected`), `reason`, `commitments`, `transactions` (`attester_rewards` of the
+version block it closes, when accepted). Transaction payload: `transactions`
+(transfers, stakes, slashes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from linguachain.ledger import bls
+from linguachain.ledger.constants import (
+    BLS_SIGNATURE_BYTES,
+    POW_DIFFICULTY_BITS,
+    SLASH_BASIS_POINTS,
+    VDF_DISCRIMINANT_BITS,
+    VDF_ITERATIONS,
+    ConsensusError,
+)
+from linguachain.ledger.hashing import canonical_json, hash_json
+from linguachain.ledger.models import Block
+from linguachain.ledger.pow import check_pow
+from linguachain.ledger.proposer import get_proposer_index, quorum_reached
+from linguachain.ledger.transactions import (
+    PROTOCOL_ACCOUNT,
+    AccountState,
+    Transaction,
+    TransactionKind,
+    apply_transaction,
+    attestation_message,
+    deserialize_transaction,
+    is_account_id,
+    process_transaction,
+    serialize_transaction,
+    supply_invariant_holds,
+)
+from linguachain.ledger.vdf import VdfProof, vdf_challenge, vdf_output_seed, vdf_verify
+
+logger = logging.getLogger(__name__)
+
+GENESIS_PARENT_HASH = "0" * 64
+BLOCK_KINDS = ("genesis", "data", "version", "transaction")
+GENESIS_SEED_DOMAIN = b"linguachain/genesis-seed/v1"
+ROUND_STATUSES = ("accepted", "rejected")
+
+
+class InvalidBlockError(ValueError):
+    """A block breaks a chain rule; names the height and the rule."""
+
+    def __init__(self, height: int, rule: str, detail: str) -> None:
+        super().__init__(f"Block {height} breaks rule '{rule}': {detail}")
+        self.height = height
+        self.rule = rule
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ConsensusParams:
+    """Chain parameters fixed by the genesis block."""
+
+    vdf_iterations: int = VDF_ITERATIONS
+    vdf_discriminant_bits: int = VDF_DISCRIMINANT_BITS
+    pow_difficulty_bits: int = POW_DIFFICULTY_BITS
+    contributor_reward: int = 0  # base units split over a round's contributors
+    proposer_reward: int = 0  # base units per final version block
+    attester_reward: int = 0  # base units per signer of a final version block
+    slash_basis_points: int = SLASH_BASIS_POINTS
+    # Finality threshold as a fraction of stake; never below two thirds.
+    quorum_numerator: int = 2
+    quorum_denominator: int = 3
+
+
+@dataclass
+class ChainContext:
+    """Everything the rules need about the chain after its head block."""
+
+    head: Block | None = None
+    params: ConsensusParams | None = None  # None on an unattested chain
+    accounts: AccountState = field(default_factory=AccountState)
+    model_hash: str | None = None
+    last_round: int = 0
+    # The last version block, which the data block closing its round follows.
+    last_version: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Return the chain-wide fields stored in the chain_state row."""
+        return {
+            "minted": self.accounts.minted,
+            "burned": self.accounts.burned,
+            "slashed": sorted([list(item) for item in self.accounts.slashed]),
+            "model_hash": self.model_hash,
+            "last_round": self.last_round,
+            "last_version": self.last_version,
+            "params": dataclasses.asdict(self.params) if self.params else None,
+            "protocol_nonce": self.accounts.nonces.get(PROTOCOL_ACCOUNT, 0),
+        }
+
+
+# --- Header ---
+
+
+def block_header(block: Block) -> dict[str, Any]:
+    """Return the fields a block's hash covers."""
+    return {
+        "height": block.height,
+        "parent_hash": block.parent_hash,
+        "kind": block.kind,
+        "timestamp": block.timestamp,
+        "proposer": block.proposer or "",
+        "payload_sha256": hashlib.sha256(block.payload.encode("utf-8")).hexdigest(),
+        "vdf_output": (block.vdf_output or b"").hex(),
+        "vdf_proof": (block.vdf_proof or b"").hex(),
+        "pow_nonce": block.pow_nonce or 0,
+    }
+
+
+def compute_block_hash(block: Block) -> str:
+    """Return the SHA-256 hex digest of the block's canonical header."""
+    return hash_json(block_header(block))
+
+
+def pow_header_bytes(block: Block) -> bytes:
+    """Return the header bytes the proof of work covers: all but the nonce."""
+    header = block_header(block)
+    del header["pow_nonce"]
+    return canonical_json(header)
+
+
+def block_signers(block: Block) -> list[str]:
+    """Decode the block's signer list (JSON), or raise ValueError."""
+    signers = json.loads(block.signers or "[]")
+    if not isinstance(signers, list) or not all(isinstance(s, str) for s in signers):
+        raise ValueError("signers is not a JSON list of account ids")
+    return signers
+
+
+def has_quorum(params: ConsensusParams | None, signed: int, total: int) -> bool:
+    """Check two thirds of the stake and the chain's own quorum, if higher."""
+    if not quorum_reached(signed, total):
+        return False
+    if params is None:
+        return True
+    return params.quorum_denominator * signed >= params.quorum_numerator * total
+
+
+# --- Proposer draw ---
+
+
+def proposer_seed(parent: Block) -> bytes:
+    """Return the draw seed: the parent's VDF output, or the genesis hash."""
+    if parent.vdf_output:
+        return vdf_output_seed(parent.vdf_output)
+    return hashlib.sha256(GENESIS_SEED_DOMAIN + bytes.fromhex(parent.hash)).digest()
+
+
+def get_block_proposer(context: ChainContext) -> str:
+    """Draw the proposer of the next block, weighted by bonded stake."""
+    assert context.head is not None
+    stakes = sorted((a, s) for a, s in context.accounts.stakes.items() if s > 0)
+    return get_proposer_index(stakes, proposer_seed(context.head), context.head.height + 1)
+
+
+# --- Rewards ---
+
+
+def version_rewards(
+    context: ChainContext, commitments: list[dict[str, Any]], proposer: str
+) -> list[Transaction]:
+    """Build the reward transactions of a version block.
+
+    Contributors share `contributor_reward` in proportion to their accepted
+    token counts (rounded down; the remainder is not minted), then the proposer
+    receives `proposer_reward`. Zero amounts are left out.
+    """
+    assert context.params is not None
+    amounts: list[tuple[str, int]] = []
+    total_tokens = sum(int(c["tokens"]) for c in commitments)
+    if total_tokens > 0:
+        for commitment in commitments:
+            share = context.params.contributor_reward * int(commitment["tokens"])
+            amounts.append((commitment["node"], share // total_tokens))
+    amounts.append((proposer, context.params.proposer_reward))
+    return _protocol_rewards(context, amounts)
+
+
+def attester_rewards(context: ChainContext, signers: list[str]) -> list[Transaction]:
+    """Build the reward transactions for the signers of the last version block."""
+    assert context.params is not None
+    return _protocol_rewards(
+        context, [(signer, context.params.attester_reward) for signer in signers]
+    )
+
+
+def _protocol_rewards(
+    context: ChainContext, amounts: list[tuple[str, int]]
+) -> list[Transaction]:
+    nonce = context.accounts.nonces.get(PROTOCOL_ACCOUNT, 0)
+    rewards = []
+    for recipient, amount in amounts:
+        if amount <= 0:
+            continue
+        nonce += 1
+        rewards.append(
+            Transaction(TransactionKind.REWARD, PROTOCOL_ACCOUNT, recipient, amount, nonce)
+        )
+    return rewards
+
+
+def encode_transactions(transactions: list[Transaction]) -> list[str]:
+    """Encode transactions for a payload, each as its canonical JSON string."""
+    return [serialize_transaction(tx).decode("ascii") for tx in transactions]
+
+
+# --- Block processing ---
+
+
+def process_block(
+    context: ChainContext, block: Block, check_signatures: bool = True
+) -> ChainContext:
+    """Check `block` against the chain after its parent and return the new context.
+
+    Raise InvalidBlockError naming the first rule broken. With
+    `check_signatures=False` the BLS checks (attestation aggregate, transaction
+    signatures, slash evidence, proofs of possession) are skipped.
+    """
+    height = block.height
+    check_header(context, block)
+    try:
+        payload = json.loads(block.payload)
+    except json.JSONDecodeError as error:
+        raise InvalidBlockError(height, "payload-json", str(error)) from error
+    if not isinstance(payload, dict) or canonical_json(payload).decode() != block.payload:
+        raise InvalidBlockError(height, "payload-json", "payload is not canonical JSON")
+
+    if block.kind == "genesis":
+        return process_genesis(block, payload, check_signatures)
+    if context.params is None:
+        # Unattested chain: no evidence, version blocks only track the model.
+        return process_unattested(context, block, payload)
+
+    check_proposer(context, block)
+    check_vdf(context, block)
+    check_block_pow(context, block)
+    signers = check_attestation(context, block, check_signatures)
+    new_context = dataclasses.replace(context, head=block)
+    if block.kind == "version":
+        return process_version(new_context, block, payload, signers)
+    if block.kind == "data":
+        return process_data(new_context, block, payload)
+    return process_transactions_block(new_context, block, payload, check_signatures)
+
+
+def check_header(context: ChainContext, block: Block) -> None:
+    """Check height, parent link, kind and hash of a block."""
+    previous = context.head
+    height = block.height
+    expected_height = 0 if previous is None else previous.height + 1
+    if height != expected_height:
+        raise InvalidBlockError(height, "height", f"expected height {expected_height}")
+    expected_parent = GENESIS_PARENT_HASH if previous is None else previous.hash
+    if block.parent_hash != expected_parent:
+        raise InvalidBlockError(
+            height, "parent-link", f"parent {block.parent_hash} != {expected_parent}"
+        )
+    if block.kind not in BLOCK_KINDS or (block.kind == "genesis") != (previous is None):
+        raise InvalidBlockError(height, "block-kind", f"kind {block.kind!r} here")
+    recomputed = compute_block_hash(block)
+    if block.hash != recomputed:
+        raise InvalidBlockError(
+            height, "block-hash", f"stored {block.hash}, recomputed {recomputed}"
+        )
+
+
+def check_proposer(context: ChainContext, block: Block) -> None:
+    """Check that the block names the drawn proposer."""
+    expected = get_block_proposer(context)
+    if block.proposer != expected:
+        raise InvalidBlockError(
+            block.height,
+            "proposer",
+            f"proposer {block.proposer[:16]} is not the drawn validator {expected[:16]}",
+        )
+
+
+def check_vdf(context: ChainContext, block: Block) -> None:
+    """Check the block's Wesolowski proof over the parent hash's challenge."""
+    assert context.params is not None and context.head is not None
+    proof = VdfProof(
+        output=bytes(block.vdf_output or b""),
+        proof=bytes(block.vdf_proof or b""),
+        iterations=context.params.vdf_iterations,
+        discriminant_bits=context.params.vdf_discriminant_bits,
+    )
+    if not vdf_verify(vdf_challenge(context.head.hash), proof):
+        raise InvalidBlockError(
+            block.height, "vdf", "the Wesolowski proof does not verify"
+        )
+
+
+def check_block_pow(context: ChainContext, block: Block) -> None:
+    """Check the block's hashcash nonce at the genesis difficulty."""
+    assert context.params is not None
+    if not check_pow(
+        pow_header_bytes(block), block.pow_nonce, context.params.pow_difficulty_bits
+    ):
+        raise InvalidBlockError(
+            block.height,
+            "pow",
+            f"nonce {block.pow_nonce} misses {context.params.pow_difficulty_bits}"
+            " leading zero bits",
+        )
+
+
+def check_attestation(
+    context: ChainContext, block: Block, check_signatures: bool
+) -> list[str]:
+    """Check signers hold two thirds of the stake and their aggregate verifies."""
+    height = block.height
+    try:
+        signers = block_signers(block)
+    except ValueError as error:
+        raise InvalidBlockError(height, "attestation", str(error)) from error
+    stakes = context.accounts.stakes
+    if len(set(signers)) != len(signers) or signers != sorted(signers):
+        raise InvalidBlockError(
+            height, "attestation", "signers are not sorted and distinct"
+        )
+    unstaked = [s for s in signers if stakes.get(s, 0) <= 0]
+    if unstaked:
+        raise InvalidBlockError(
+            height, "attestation", f"signer {unstaked[0][:16]} holds no stake"
+        )
+    total = sum(stakes.values())
+    signed = sum(stakes[s] for s in signers)
+    if not signers or not has_quorum(context.params, signed, total):
+        raise InvalidBlockError(
+            height,
+            "attestation",
+            f"signers hold {signed} of {total} staked base units, below two thirds",
+        )
+    if check_signatures:
+        message = attestation_message(height, bytes.fromhex(block.hash))
+        public_keys = [bytes.fromhex(s) for s in signers]
+        aggregate = bytes(block.attestation or b"")
+        if len(aggregate) != BLS_SIGNATURE_BYTES or not bls.fast_aggregate_verify(
+            public_keys, message, aggregate
+        ):
+            raise InvalidBlockError(
+                height, "attestation", "the aggregate BLS signature does not verify"
+            )
+    return signers
+
+
+def process_genesis(
+    block: Block, payload: dict[str, Any], check_signatures: bool
+) -> ChainContext:
+    """Build the initial context from the genesis payload."""
+    height = block.height
+    if block.proposer or block.vdf_output or block.vdf_proof or block.pow_nonce:
+        raise InvalidBlockError(height, "genesis", "genesis carries consensus evidence")
+    context = ChainContext(head=block, model_hash=payload.get("model_hash"))
+    if "consensus" not in payload:
+        return context
+    try:
+        params = ConsensusParams(**payload["consensus"])
+        validators = payload["validators"]
+        balances: dict[str, int] = {}
+        stakes: dict[str, int] = {}
+        for validator in validators:
+            account = validator["account"]
+            if not is_account_id(account) or account in stakes:
+                raise InvalidBlockError(height, "genesis", f"bad validator {account!r}")
+            for key in ("stake", "balance"):
+                if not isinstance(validator[key], int) or validator[key] < 0:
+                    raise InvalidBlockError(height, "genesis", f"bad {key} of {account}")
+            # Aggregates are only safe over keys with a checked proof of possession.
+            if check_signatures and not bls.pop_verify(
+                bytes.fromhex(account), bytes.fromhex(validator["pop"])
+            ):
+                raise InvalidBlockError(
+                    height, "genesis", f"proof of possession of {account[:16]} fails"
+                )
+            stakes[account] = validator["stake"]
+            balances[account] = validator["balance"]
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, InvalidBlockError):
+            raise
+        raise InvalidBlockError(height, "genesis", f"malformed: {error}") from error
+    if sum(stakes.values()) <= 0:
+        raise InvalidBlockError(height, "genesis", "no validator bonds stake")
+    minted = sum(stakes.values()) + sum(balances.values())
+    context.params = params
+    context.accounts = AccountState(balances=balances, stakes=stakes, minted=minted)
+    return context
+
+
+def process_unattested(
+    context: ChainContext, block: Block, payload: dict[str, Any]
+) -> ChainContext:
+    """Track the model hash on a chain without consensus evidence."""
+    if block.vdf_output or block.vdf_proof or block.pow_nonce or block.attestation:
+        raise InvalidBlockError(
+            block.height, "block-kind", "evidence on an unattested chain"
+        )
+    new_context = dataclasses.replace(context, head=block)
+    if block.kind != "version":
+        return new_context
+    if payload.get("parent_model_hash") != context.model_hash:
+        raise InvalidBlockError(
+            block.height,
+            "model-parent",
+            f"parent model {payload.get('parent_model_hash')} != committed"
+            f" {context.model_hash}",
+        )
+    new_context.model_hash = payload.get("model_hash")
+    new_context.last_round = payload.get("round", context.last_round)
+    return new_context
+
+
+def check_commitments(height: int, commitments: Any) -> list[dict[str, Any]]:
+    """Check the update commitments list of a version or data block."""
+    if not isinstance(commitments, list):
+        raise InvalidBlockError(height, "commitments", "commitments is not a list")
+    nodes = set()
+    for item in commitments:
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"node", "update_hash", "tokens", "privacy_spent"}
+            or not is_account_id(item["node"])
+            or not isinstance(item["update_hash"], str)
+            or len(item["update_hash"]) != 64
+            or not isinstance(item["tokens"], int)
+            or item["tokens"] <= 0
+            or item["node"] in nodes
+        ):
+            raise InvalidBlockError(height, "commitments", f"malformed entry {item!r}")
+        nodes.add(item["node"])
+    return commitments
+
+
+def process_version(
+    context: ChainContext, block: Block, payload: dict[str, Any], signers: list[str]
+) -> ChainContext:
+    """Apply a version block: a new model and its rewards."""
+    height = block.height
+    keys = {"round", "model_hash", "parent_model_hash", "commitments", "metrics",
+            "transactions"}
+    if set(payload) != keys:
+        raise InvalidBlockError(height, "version", f"payload keys must be {sorted(keys)}")
+    if context.last_version is not None and context.last_version["round"] > context.last_round:
+        raise InvalidBlockError(height, "version", "the previous round is not closed")
+    if payload["round"] != context.last_round + 1:
+        raise InvalidBlockError(
+            height, "version", f"round {payload['round']} != {context.last_round + 1}"
+        )
+    if payload["parent_model_hash"] != context.model_hash:
+        raise InvalidBlockError(
+            height,
+            "model-parent",
+            f"parent model {payload['parent_model_hash']} != committed"
+            f" {context.model_hash}",
+        )
+    commitments = check_commitments(height, payload["commitments"])
+    expected = encode_transactions(version_rewards(context, commitments, block.proposer))
+    if payload["transactions"] != expected:
+        raise InvalidBlockError(height, "rewards", "reward transactions differ")
+    new_context = apply_block_transactions(context, block, expected, False)
+    new_context.model_hash = payload["model_hash"]
+    new_context.last_version = {
+        "round": payload["round"],
+        "height": height,
+        "hash": block.hash,
+        "signers": signers,
+    }
+    return new_context
+
+
+def process_data(
+    context: ChainContext, block: Block, payload: dict[str, Any]
+) -> ChainContext:
+    """Apply a data block: it closes a round as accepted or rejected."""
+    height = block.height
+    keys = {"round", "status", "reason", "commitments", "transactions"}
+    if set(payload) != keys or payload["status"] not in ROUND_STATUSES:
+        raise InvalidBlockError(height, "data", f"payload keys must be {sorted(keys)}")
+    check_commitments(height, payload["commitments"])
+    last = context.last_version
+    open_version = last is not None and last["round"] > context.last_round
+    if payload["round"] != context.last_round + 1:
+        raise InvalidBlockError(
+            height, "data", f"round {payload['round']} != {context.last_round + 1}"
+        )
+    if payload["status"] == "accepted":
+        if not open_version or last is None or last["height"] != height - 1:
+            raise InvalidBlockError(
+                height, "data", "an accepted round must follow its version block"
+            )
+        expected = encode_transactions(attester_rewards(context, last["signers"]))
+    else:
+        if open_version:
+            raise InvalidBlockError(
+                height, "data", "a rejected round follows a final version block"
+            )
+        expected = []
+    if payload["transactions"] != expected:
+        raise InvalidBlockError(height, "rewards", "attester reward transactions differ")
+    new_context = apply_block_transactions(context, block, expected, False)
+    new_context.last_round = payload["round"]
+    return new_context
+
+
+def process_transactions_block(
+    context: ChainContext, block: Block, payload: dict[str, Any], check_signatures: bool
+) -> ChainContext:
+    """Apply a transaction block: transfers, stakes and slashes."""
+    if set(payload) != {"transactions"} or not payload["transactions"]:
+        raise InvalidBlockError(
+            block.height, "transaction", "payload must hold a non-empty transactions list"
+        )
+    return apply_block_transactions(
+        context, block, payload["transactions"], check_signatures
+    )
+
+
+def apply_block_transactions(
+    context: ChainContext, block: Block, encoded: list[str], check_signatures: bool
+) -> ChainContext:
+    """Apply encoded transactions in order and check the supply invariant."""
+    height = block.height
+    state = context.accounts
+    genesis_validators = set(context.accounts.stakes)
+    for index, text in enumerate(encoded):
+        try:
+            tx = deserialize_transaction(text.encode("ascii"))
+            if block.kind == "transaction" and tx.kind == TransactionKind.REWARD:
+                raise ConsensusError("rewards are minted by version and data blocks")
+            if tx.kind == TransactionKind.STAKE and tx.sender not in genesis_validators:
+                # Only keys with a proof of possession may sign attestations.
+                raise ConsensusError(f"{tx.sender[:16]} is not a validator")
+            slash_bp = context.params.slash_basis_points if context.params else 500
+            if check_signatures:
+                state = process_transaction(state, tx, slash_bp)
+            else:
+                state = apply_transaction(state, tx, slash_bp)
+        except (ConsensusError, UnicodeEncodeError, AttributeError) as error:
+            raise InvalidBlockError(
+                height, "transaction", f"transaction {index}: {error}"
+            ) from error
+    if not supply_invariant_holds(state):
+        raise InvalidBlockError(height, "supply", "total supply != minted - burned")
+    return dataclasses.replace(context, head=block, accounts=state)

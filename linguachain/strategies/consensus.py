@@ -1,0 +1,425 @@
+"""The consensus step of a round: the aggregate becomes the global model only once final.
+
+`ConsensusGate` wraps a strategy's `aggregate_train`: the aggregated ArrayRecord
+is returned (and so becomes the next global model) only when its version block
+is final; otherwise it returns None and Flower keeps the old model.
+`ConsensusDriver` runs each block's consensus over Flower `query` messages:
+
+1. `query.propose` to the drawn proposer, which evaluates the VDF over the
+   parent hash and solves the proof of work;
+2. `query.validate` to every validator, which appends the final blocks it lacks
+   to its own ledger copy, checks the proposal against it (and, for a version
+   block, the model hash and its local held-back loss) and votes;
+3. `query.sign` to the validators that voted yes, once they hold two thirds of
+   the stake; each signs at most one block per height;
+4. the server appends the sealed block to its copy; nodes append it on the next
+   message, and `query.append` sends the last blocks after the final round.
+
+Voting before signing means a block that fails the vote leaves no signature
+behind, so the data block that records the rejection can take its height
+without any validator signing twice there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from linguachain.config import RunConfig, flatten, parse_quorum
+from linguachain.ledger.chain import InvalidBlockError, Ledger, new_block
+from linguachain.ledger.consensus import (
+    block_from_dict,
+    blocks_to_json,
+    data_payload,
+    propose_template,
+    prove_block,
+    seal_block,
+    transaction_payload,
+    version_payload,
+)
+from linguachain.ledger.hashing import hash_weights
+from linguachain.ledger.keys import BLS_KEY_FILE, ValidatorKey, load_or_create_key
+from linguachain.ledger.models import Block
+from linguachain.ledger.rules import ConsensusParams, get_block_proposer
+from linguachain.ledger.store import load_weights, save_weights
+from linguachain.strategies.recording import NUM_EXAMPLES_KEY
+
+logger = logging.getLogger(__name__)
+
+CONSENSUS_RECORD = "consensus"
+PARENT_RECORD = "parent"
+NODE_DIR_PREFIX = "node-"
+
+
+@dataclass
+class RoundOutcome:
+    """Whether a round's model became final, why not, and what consensus cost."""
+
+    status: str
+    reason: str = ""
+    blocks: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # consensus and ledger writes, VDF included
+    vdf_seconds: float = 0.0  # time the proposer reported for VDF and PoW
+
+
+def node_dir(nodes_dir: Path, partition_id: int) -> Path:
+    """Return the folder of a node's key and ledger copy in simulation."""
+    return nodes_dir / f"{NODE_DIR_PREFIX}{partition_id}"
+
+
+def consensus_params(config: RunConfig) -> ConsensusParams:
+    """Build the genesis consensus parameters from the run config."""
+    numerator, denominator = parse_quorum(config.consensus.quorum)
+    settings = config.consensus
+    return ConsensusParams(
+        vdf_iterations=settings.vdf_iterations,
+        pow_difficulty_bits=settings.pow_difficulty_bits,
+        contributor_reward=settings.contributor_reward,
+        proposer_reward=settings.proposer_reward,
+        attester_reward=settings.attester_reward,
+        slash_basis_points=settings.slash_basis_points,
+        quorum_numerator=numerator,
+        quorum_denominator=denominator,
+    )
+
+
+class ConsensusDriver:
+    """Runs block consensus between the server's ledger and the nodes' copies."""
+
+    def __init__(self, config: RunConfig, ledger: Ledger, run_path: Path) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.nodes_dir = run_path / "nodes"
+        self.store = run_path / "weights"
+        self.node_accounts: dict[int, str] = {}
+        self.node_heads: dict[int, int] = {}
+        self.outcomes: dict[int, RoundOutcome] = {}
+        self.round_offset = 0
+        self.extra_records: dict[str, ConfigRecord] = {}
+        self.grid: Grid | None = None
+
+    # --- Setup and resume ---
+
+    def validator_keys(self) -> list[ValidatorKey]:
+        """Load each node's BLS key from the run folder, generating missing ones.
+
+        NOTE: in simulation the server provisions the node keys into the run
+        folder, where the simulated nodes read them; deployments give each node
+        its key in its kit (node config `bls-key`) and the genesis validator set.
+        """
+        return [
+            load_or_create_key(node_dir(self.nodes_dir, i) / BLS_KEY_FILE)
+            for i in range(self.config.federation.num_nodes)
+        ]
+
+    def start(self, grid: Grid, initial: dict, genesis_extra: dict[str, Any]) -> dict:
+        """Write genesis or resume from the last final version block; sync nodes.
+
+        Return the weights of the model to start from.
+        """
+        self.grid = grid
+        if self.ledger.head() is None:
+            keys = self.validator_keys()
+            settings = self.config.consensus
+            from linguachain.ledger.consensus import genesis_payload
+
+            save_weights(self.store, initial)
+            payload = genesis_payload(
+                [(key, settings.initial_stake, settings.initial_balance) for key in keys],
+                consensus_params(self.config),
+                {**genesis_extra, "model_hash": hash_weights(initial)},
+            )
+            self.ledger.append(new_block(None, "genesis", payload, ""))
+            logger.info("Genesis: %d validators, model %s", len(keys),
+                        payload["model_hash"][:12])
+        context = self.ledger.context()
+        if context.params is None:
+            raise ValueError(
+                f"The ledger {self.ledger.url} is an unattested chain: start a new run"
+                " folder or set consensus.enabled=false."
+            )
+        self.sync(grid)
+        context = self.ledger.context()
+        last = context.last_version
+        if last is not None and last["round"] > context.last_round:
+            # Killed between a final version block and the data block closing it.
+            logger.info("Resume: closing round %d, whose model is final", last["round"])
+            version = self.ledger.block_at(last["height"])
+            assert version is not None
+            import json
+
+            commitments = json.loads(version.payload)["commitments"]
+            self.run_block("data", data_payload(context, "accepted", "", commitments))
+            context = self.ledger.context()
+        self.round_offset = context.last_round
+        if self.round_offset:
+            logger.info(
+                "Resume: %d rounds closed, model %s", self.round_offset,
+                (context.model_hash or "")[:12],
+            )
+        assert context.model_hash is not None
+        return load_weights(self.store, context.model_hash)
+
+    def sync(self, grid: Grid) -> None:
+        """Send every node the final blocks it lacks and learn its account."""
+        replies = self._send(grid, "append", list(grid.get_node_ids()), {})
+        missing = [n for n, r in replies.items() if r is None]
+        if missing:
+            logger.warning("Nodes %s did not confirm their ledger copies", missing)
+
+    # --- One round ---
+
+    def decide(
+        self,
+        server_round: int,
+        arrays: ArrayRecord | None,
+        metrics: MetricRecord | None,
+        replies: list[Message],
+        parent: ArrayRecord | None,
+    ) -> ArrayRecord | None:
+        """Run the round's consensus; return `arrays` only if its block is final."""
+        started = time.perf_counter()
+        outcome = RoundOutcome(status="rejected")
+        self._vdf_seconds = 0.0
+        self._include_mempool()
+        commitments = self._commitments(replies)
+        context = self.ledger.context()
+        chain_round = context.last_round + 1
+        if arrays is None:
+            outcome.reason = "no usable update"
+        else:
+            weights = {name: a.numpy() for name, a in arrays.items()}
+            model_hash = hash_weights(weights)
+            proposer = get_block_proposer(context)
+            summary = {"nodes": len(commitments)}
+            if metrics is not None and "train-loss" in metrics:
+                summary["train_loss"] = float(metrics["train-loss"])
+            payload = version_payload(context, model_hash, commitments, summary, proposer)
+            records = {"arrays": arrays}
+            if parent is not None:
+                records[PARENT_RECORD] = parent
+            path = save_weights(self.store, weights)
+            block, reason = self.run_block("version", payload, records, str(path))
+            if block is not None:
+                outcome.status = "accepted"
+                outcome.blocks.append(block.height)
+            else:
+                outcome.reason = reason
+        context = self.ledger.context()
+        block, reason = self.run_block(
+            "data", data_payload(context, outcome.status, outcome.reason, commitments)
+        )
+        if block is None:
+            logger.error("Round %d: the data block closing it failed: %s", chain_round, reason)
+        else:
+            outcome.blocks.append(block.height)
+        outcome.seconds = time.perf_counter() - started
+        outcome.vdf_seconds = self._vdf_seconds
+        self.outcomes[server_round] = outcome
+        if outcome.status == "accepted":
+            logger.info("Round %d: model final in block %d", chain_round, outcome.blocks[0])
+            return arrays
+        logger.warning(
+            "Round %d rejected (%s): the global model stays", chain_round, outcome.reason
+        )
+        return None
+
+    def finish(self) -> None:
+        """Send the nodes the blocks of the last round."""
+        if self.grid is not None:
+            self.sync(self.grid)
+
+    def _commitments(self, replies: list[Message]) -> list[dict[str, Any]]:
+        commitments = []
+        for reply in replies:
+            if reply.has_error():
+                continue
+            account = self.node_accounts.get(reply.metadata.src_node_id)
+            metrics = next(iter(reply.content.metric_records.values()), None)
+            tokens = int(metrics.get(NUM_EXAMPLES_KEY, 0)) if metrics else 0
+            if account is None or tokens <= 0 or not reply.content.array_records:
+                continue
+            arrays = next(iter(reply.content.array_records.values()))
+            update_hash = hash_weights({n: a.numpy() for n, a in arrays.items()})
+            commitments.append(
+                {"node": account, "update_hash": update_hash, "tokens": tokens,
+                 # Filled by differential privacy accounting once it exists.
+                 "privacy_spent": None}
+            )
+        return sorted(commitments, key=lambda c: c["node"])
+
+    def _include_mempool(self) -> None:
+        entries = self.ledger.mempool()
+        if not entries:
+            return
+        context = self.ledger.context()
+        payload, rejected = transaction_payload(
+            context, [(e.kind, e.encoded) for e in entries]
+        )
+        for entry in entries:
+            if (entry.kind, entry.encoded) in rejected:
+                self.ledger.drop_from_mempool(entry.entry_hash)
+        if payload is not None:
+            block, reason = self.run_block("transaction", payload)
+            if block is None:
+                logger.warning("Transaction block rejected: %s", reason)
+
+    # --- One block ---
+
+    def run_block(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        records: dict[str, Any] | None = None,
+        weights_path: str = "",
+    ) -> tuple[Block | None, str]:
+        """Propose, vote on, sign and append one block; return it or why it failed."""
+        assert self.grid is not None
+        grid = self.grid
+        context = self.ledger.context()
+        template = propose_template(context, kind, payload)
+        proved = self._propose(grid, template, context)
+
+        # Vote: every validator checks the block against its own copy.
+        nodes = [n for n, a in self.node_accounts.items()
+                 if context.accounts.stakes.get(a, 0) > 0]
+        proposal = blocks_to_json([proved])
+        votes = self._send(grid, "validate", nodes, {"proposal": proposal}, records or {})
+        stakes = context.accounts.stakes
+        total = sum(stakes.values())
+        yes = [n for n, r in votes.items() if r is not None and r.get("accept")]
+        reasons = sorted(
+            {str(r.get("reason")) for r in votes.values() if r and not r.get("accept")}
+        )
+        yes_stake = sum(stakes.get(self.node_accounts[n], 0) for n in yes)
+        from linguachain.ledger.rules import has_quorum
+
+        if not has_quorum(context.params, yes_stake, total):
+            reason = "; ".join(reasons) or "validators did not reply"
+            logger.warning(
+                "Block %d (%s): %d of %d staked units voted yes: %s",
+                proved.height, kind, yes_stake, total, reason,
+            )
+            return None, reason
+
+        # Sign: only validators that voted yes, only this block at this height.
+        signed = self._send(grid, "sign", yes, {"proposal": proposal})
+        signatures = {
+            self.node_accounts[n]: bytes.fromhex(r["signature"])
+            for n, r in signed.items()
+            if r is not None and r.get("signature")
+        }
+        sealed = seal_block(context, proved, signatures)
+        if sealed is None:
+            return None, "signatures below quorum"
+        try:
+            self.ledger.append(sealed, signatures=signatures, weights_path=weights_path)
+        except InvalidBlockError as error:
+            logger.error("Sealed block rejected by the server's copy: %s", error)
+            return None, str(error)
+        return sealed, ""
+
+    def _propose(self, grid: Grid, template: Block, context) -> Block:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        proposer_nodes = [n for n, a in self.node_accounts.items() if a == template.proposer]
+        replies = self._send(
+            grid, "propose", proposer_nodes[:1], {"proposal": blocks_to_json([template])}
+        )
+        proved = None
+        for reply in replies.values():
+            if reply is not None and reply.get("block"):
+                import json
+
+                proved = block_from_dict(json.loads(reply["block"]))
+        if proved is None or proved.payload != template.payload:
+            # NOTE: the server proves on behalf of a drawn proposer that did not
+            # reply; validators still check the VDF and the PoW, and no proposer
+            # signature exists to forge, but the sequential work is the server's.
+            logger.warning("Proposer %s did not reply; the server proves block %d",
+                           template.proposer[:16], template.height)
+            proved = prove_block(template, context)
+        self._vdf_seconds += time.perf_counter() - started
+        return proved
+
+    def _send(
+        self,
+        grid: Grid,
+        action: str,
+        node_ids: list[int],
+        fields: dict[str, str],
+        records: dict[str, Any] | None = None,
+    ) -> dict[int, dict[str, Any] | None]:
+        """Send one query to each node and return its consensus reply fields."""
+        if not node_ids:
+            return {}
+        messages = []
+        for node_id in node_ids:
+            since = self.node_heads.get(node_id, -1) + 1
+            blocks = list(self.ledger.blocks(since=since))
+            content = RecordDict(
+                {
+                    CONSENSUS_RECORD: ConfigRecord(
+                        {"blocks": blocks_to_json(blocks),
+                         "nodes-dir": str(self.nodes_dir), **fields}
+                    ),
+                    "config": ConfigRecord(flatten(self.config)),
+                    **self.extra_records,
+                    **(records or {}),
+                }
+            )
+            messages.append(
+                Message(content=content, dst_node_id=node_id, message_type=f"query.{action}")
+            )
+        replies: dict[int, dict[str, Any] | None] = {n: None for n in node_ids}
+        for reply in grid.send_and_receive(messages, timeout=self.config.consensus.timeout):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                logger.warning("Node %d failed query.%s: %s", node_id, action,
+                               reply.error.reason)
+                continue
+            values = dict(reply.content[CONSENSUS_RECORD])
+            self.node_accounts[node_id] = str(values["account"])
+            self.node_heads[node_id] = int(values["head"])
+            replies[node_id] = values
+        return replies
+
+
+class ConsensusGate:
+    """Strategy mixin: the aggregate becomes the global model only once final."""
+
+    consensus: ConsensusDriver | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global model the round starts from, then sample nodes."""
+        self._parent_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate, then keep the result only if its version block is final."""
+        replies = list(replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        if self.consensus is None:
+            return arrays, metrics
+        decided = self.consensus.decide(
+            server_round, arrays, metrics, replies, getattr(self, "_parent_arrays", None)
+        )
+        return decided, metrics
+
+
+def gate_strategy(strategy: Any, driver: ConsensusDriver) -> Any:
+    """Put ConsensusGate in front of a built strategy's class, whatever it is."""
+    base = type(strategy)
+    strategy.__class__ = type(f"Gated{base.__name__}", (ConsensusGate, base), {})
+    strategy.consensus = driver
+    return strategy
