@@ -47,7 +47,12 @@ from linguachain.ledger.rules import (
     compute_block_hash,
     process_block,
 )
-from linguachain.ledger.transactions import AccountState, deserialize_transaction
+from linguachain.ledger.transactions import (
+    AccountState,
+    DoubleSignEvidence,
+    TransactionKind,
+    deserialize_transaction,
+)
 
 __all__ = [
     "BLOCK_KINDS",
@@ -284,7 +289,12 @@ class Ledger:
         _write_state(session, before, after)
         if block.kind == "transaction":
             # Included transactions leave the mempool in the same transaction.
-            hashes = [_sha256(text) for text in payload["transactions"]]
+            hashes = []
+            for text in payload["transactions"]:
+                tx = deserialize_transaction(text.encode("ascii"))
+                if tx.kind == TransactionKind.SLASH and tx.evidence is not None:
+                    hashes.append(_sha256(evidence_to_json(tx.evidence)))
+                hashes.append(_sha256(text))
             session.execute(delete(MempoolEntry).where(MempoolEntry.entry_hash.in_(hashes)))
 
     def append_block(
@@ -419,6 +429,22 @@ def new_block(
     )
     block.hash = compute_block_hash(block)
     return block
+
+
+def evidence_to_json(evidence: DoubleSignEvidence) -> str:
+    """Encode double-sign evidence for the mempool."""
+    return json.dumps(
+        {
+            name: {
+                "validator": a.validator,
+                "height": a.height,
+                "block_hash": a.block_hash.hex(),
+                "signature": a.signature.hex(),
+            }
+            for name, a in (("first", evidence.first), ("second", evidence.second))
+        },
+        sort_keys=True,
+    )
 
 
 def _head(session: Session) -> Block | None:

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from linguachain.ledger import bls
-from linguachain.ledger.chain import Ledger, new_block
+from linguachain.ledger.chain import Ledger, evidence_to_json, new_block
 from linguachain.ledger.constants import ConsensusError
 from linguachain.ledger.keys import ValidatorKey
 from linguachain.ledger.models import Block
@@ -161,22 +161,6 @@ def transaction_payload(
     if not included:
         return None, rejected
     return {"transactions": encode_transactions(included)}, rejected
-
-
-def evidence_to_json(evidence: DoubleSignEvidence) -> str:
-    """Encode double-sign evidence for the mempool."""
-    return json.dumps(
-        {
-            name: {
-                "validator": a.validator,
-                "height": a.height,
-                "block_hash": a.block_hash.hex(),
-                "signature": a.signature.hex(),
-            }
-            for name, a in (("first", evidence.first), ("second", evidence.second))
-        },
-        sort_keys=True,
-    )
 
 
 def evidence_from_json(text: str) -> DoubleSignEvidence:
