@@ -86,9 +86,84 @@ def ledger_verify(db: str = typer.Option(..., help="Ledger SQLite file or databa
         raise typer.Exit(1)
 
 
+@ledger_app.command("balances")
+def ledger_balances(
+    db: str = typer.Option(..., help="Ledger SQLite file or database URL."),
+) -> None:
+    """Print each account's LinguaCoin balance, stake and nonce, and the supply."""
+    from linguachain.ledger.constants import BASE_UNITS_PER_LINGUACOIN as UNIT
+
+    ledger = _open_ledger(db)
+    context = ledger.context()
+    typer.echo(f"{'account':<20} {'balance':>18} {'stake':>18} {'nonce':>6}")
+    total = 0
+    for account in ledger.accounts():
+        total += account.balance + account.stake
+        typer.echo(
+            f"{account.account[:20]} {account.balance / UNIT:>18.8f}"
+            f" {account.stake / UNIT:>18.8f} {account.nonce:>6}"
+        )
+    minted, burned = context.accounts.minted, context.accounts.burned
+    typer.echo(
+        f"total supply {total / UNIT:.8f} LinguaCoin (minted {minted / UNIT:.8f},"
+        f" burned {burned / UNIT:.8f})"
+    )
+    ledger.close()
+
+
+@app.command()
+def transfer(
+    kit: Path = typer.Option(..., help="Node kit folder or BLS key file of the sender."),
+    to: str = typer.Option(..., help="Recipient account id (96 hex characters)."),
+    amount: int = typer.Option(..., min=1, help="Amount in base units (1e-8 coin)."),
+    db: str = typer.Option(..., help="The server's ledger SQLite file or database URL."),
+) -> None:
+    """Sign a transfer with the kit's BLS key and queue it for the next block."""
+    from linguachain.ledger.constants import TransactionError
+    from linguachain.ledger.keys import read_validator_key
+    from linguachain.ledger.transactions import (
+        Transaction,
+        apply_transaction,
+        deserialize_transaction,
+        serialize_transaction,
+        sign_transaction,
+    )
+
+    key = read_validator_key(kit)
+    ledger = _open_ledger(db)
+    state = ledger.context().accounts
+    try:
+        # Queued transfers of this sender come first, so nonces follow them.
+        for entry in ledger.mempool():
+            queued = deserialize_transaction(entry.encoded.encode("ascii"))
+            if entry.kind == "transfer" and queued.sender == key.account:
+                state = apply_transaction(state, queued)
+        tx = Transaction(
+            "transfer", key.account, to, amount, state.nonces.get(key.account, 0) + 1
+        )
+        apply_transaction(state, tx)
+        tx = sign_transaction(tx, key.secret_key)
+    except TransactionError as error:
+        typer.echo(f"Error: {error}", err=True)
+        ledger.close()
+        raise typer.Exit(1) from error
+    entry_hash = ledger.submit("transfer", serialize_transaction(tx).decode("ascii"))
+    ledger.close()
+    typer.echo(
+        f"queued transfer {entry_hash} (nonce {tx.nonce}); the next round's"
+        " transaction block includes it"
+    )
+
+
 @app.command()
 def generate(
-    model: Path = typer.Option(..., help="Folder written by save_pretrained."),
+    model: Path = typer.Option(None, help="Folder written by save_pretrained."),
+    version: str = typer.Option(
+        None, help="Model hash of a final version block; needs --run."
+    ),
+    run: Path = typer.Option(
+        None, help="Run folder holding ledger.db, weights/, tokenizer/, config.yaml."
+    ),
     prompt: str = typer.Option(..., help="Text to continue."),
     max_new_tokens: int = typer.Option(40, min=1, help="Tokens to generate."),
     top_k: int = typer.Option(0, min=0, help="Sample from the top k tokens; 0 is greedy."),
@@ -103,12 +178,53 @@ def generate(
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
 
-    if not (model / "config.json").is_file():
+    if version is not None:
+        loaded, tokenizer = _load_version(version, run)
+    elif model is None:
+        typer.echo("Error: pass --model DIR or --version HASH --run DIR.", err=True)
+        raise typer.Exit(2)
+    elif not (model / "config.json").is_file():
         typer.echo(f"Error: no saved model in {model} (config.json missing).", err=True)
         raise typer.Exit(2)
-    loaded = AutoModelForCausalLM.from_pretrained(model)
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    else:
+        loaded = AutoModelForCausalLM.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(model)
     typer.echo(generate_text(loaded, tokenizer, prompt, max_new_tokens, top_k, seed))
+
+
+def _load_version(version: str, run: Path | None):  # type: ignore[no-untyped-def]
+    """Load a committed model after checking it against a final version block."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from linguachain.config import from_nested
+    from linguachain.ledger.store import load_weights
+    from linguachain.task.model import build_model, set_weights
+
+    if run is None or not (run / "ledger.db").is_file():
+        typer.echo("Error: --version needs --run with the run folder's ledger.db.", err=True)
+        raise typer.Exit(2)
+    ledger = _open_ledger(str(run / "ledger.db"))
+    report = ledger.verify()
+    committed = ledger.model_version(version)
+    ledger.close()
+    if not report.valid:
+        typer.echo(f"Error: the ledger does not verify: {report}", err=True)
+        raise typer.Exit(1)
+    if committed is None:
+        typer.echo(f"Error: no final version block commits model {version}.", err=True)
+        raise typer.Exit(1)
+    try:
+        # The store recomputes the hash of what it read.
+        weights = load_weights(run / "weights", version)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    config = from_nested(yaml.safe_load((run / "config.yaml").read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    model = build_model(config.model, tokenizer, config.data.block_size)
+    set_weights(model, weights)
+    return model, tokenizer
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -253,21 +253,25 @@ class Ledger:
         session.add(stored)
         session.flush()
         payload = json.loads(block.payload)
-        for position, text in enumerate(payload.get("transactions", [])):
-            tx = deserialize_transaction(text.encode("ascii"))
-            session.add(
-                TransactionRow(
-                    block_height=block.height,
-                    position=position,
-                    tx_hash=_sha256(text),
-                    kind=str(tx.kind),
-                    sender=tx.sender,
-                    recipient=tx.recipient,
-                    amount=tx.amount,
-                    nonce=tx.nonce,
-                    encoded=text,
-                )
+        texts = payload.get("transactions", [])
+        rows = [
+            {
+                "block_height": block.height,
+                "position": position,
+                "tx_hash": _sha256(text),
+                "kind": str(tx.kind),
+                "sender": tx.sender,
+                "recipient": tx.recipient,
+                "amount": tx.amount,
+                "nonce": tx.nonce,
+                "encoded": text,
+            }
+            for position, (text, tx) in enumerate(
+                zip(texts, after.head_transactions, strict=True)
             )
+        ]
+        if rows:
+            session.execute(insert(TransactionRow), rows)
         for validator, signature in sorted(signatures.items()):
             session.add(
                 AttestationRow(
@@ -290,8 +294,7 @@ class Ledger:
         if block.kind == "transaction":
             # Included transactions leave the mempool in the same transaction.
             hashes = []
-            for text in payload["transactions"]:
-                tx = deserialize_transaction(text.encode("ascii"))
+            for text, tx in zip(texts, after.head_transactions, strict=True):
                 if tx.kind == TransactionKind.SLASH and tx.evidence is not None:
                     hashes.append(_sha256(evidence_to_json(tx.evidence)))
                 hashes.append(_sha256(text))

@@ -54,6 +54,15 @@ def key_to_json(key: ValidatorKey) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
+def validators_json(keys: list[ValidatorKey]) -> bytes:
+    """Serialize the public validator set: node index, account, proof of possession."""
+    data = [
+        {"node_index": index, "account": key.account, "pop": key.pop.hex()}
+        for index, key in enumerate(keys)
+    ]
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
 def write_validator_key(path: str | os.PathLike[str], key: ValidatorKey) -> Path:
     """Write a key file that only its owner can read; never overwrite one."""
     target = Path(path)

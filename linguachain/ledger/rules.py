@@ -104,6 +104,8 @@ class ChainContext:
     last_round: int = 0
     # The last version block, which the data block closing its round follows.
     last_version: dict[str, Any] | None = None
+    # Decoded transactions of the head block, so writers need not decode again.
+    head_transactions: list[Transaction] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Return the chain-wide fields stored in the chain_state row."""
@@ -265,7 +267,7 @@ def process_block(
     check_vdf(context, block)
     check_block_pow(context, block)
     signers = check_attestation(context, block, check_signatures)
-    new_context = dataclasses.replace(context, head=block)
+    new_context = dataclasses.replace(context, head=block, head_transactions=[])
     if block.kind == "version":
         return process_version(new_context, block, payload, signers)
     if block.kind == "data":
@@ -552,9 +554,11 @@ def apply_block_transactions(
     height = block.height
     state = context.accounts
     genesis_validators = set(context.accounts.stakes)
+    decoded = []
     for index, text in enumerate(encoded):
         try:
             tx = deserialize_transaction(text.encode("ascii"))
+            decoded.append(tx)
             if block.kind == "transaction" and tx.kind == TransactionKind.REWARD:
                 raise ConsensusError("rewards are minted by version and data blocks")
             if tx.kind == TransactionKind.STAKE and tx.sender not in genesis_validators:
@@ -571,4 +575,6 @@ def apply_block_transactions(
             ) from error
     if not supply_invariant_holds(state):
         raise InvalidBlockError(height, "supply", "total supply != minted - burned")
-    return dataclasses.replace(context, head=block, accounts=state)
+    return dataclasses.replace(
+        context, head=block, accounts=state, head_transactions=decoded
+    )

@@ -25,6 +25,13 @@ from typing import Any
 
 import tenseal as ts
 
+from linguachain.ledger.keys import (
+    BLS_KEY_FILE,
+    KIT_FILE_KEY,
+    generate_validator_key,
+    key_to_json,
+    validators_json,
+)
 from linguachain.privacy import ckks
 from linguachain.privacy.paillier import DEFAULT_MODULUS_BITS, PaillierPublicKey
 from linguachain.privacy.threshold import (
@@ -120,6 +127,7 @@ def provision(
     dealing = deal_threshold_keys(num_nodes, threshold, paillier_modulus_bits)
     public_key_json = _to_json(dealing.public_key.to_dict())
     verification_json = _to_json(dealing.verification_keys.to_dict())
+    bls_keys = [generate_validator_key() for _ in range(num_nodes)]
 
     paillier_info = {
         "key_id": dealing.public_key.key_id,
@@ -144,6 +152,8 @@ def provision(
             _FILE_NAMES[FILE_PAILLIER_VERIFICATION_KEYS],
             verification_json,
         ),
+        # Public: the genesis validator set with proofs of possession.
+        "validators": ("validators.json", validators_json(bls_keys)),
     }
     _write_kit(server_path, "server", None, ckks_info, paillier_info, server_files)
 
@@ -158,6 +168,7 @@ def provision(
                 _FILE_NAMES[FILE_PAILLIER_KEY_SHARE],
                 _to_json(key_share.to_dict()),
             ),
+            KIT_FILE_KEY: (BLS_KEY_FILE, key_to_json(bls_keys[node_index])),
         }
         node_paillier_info = {**paillier_info, "party_index": key_share.party_index}
         _write_kit(

@@ -98,6 +98,9 @@ class ConsensusDriver:
         self.ledger = ledger
         self.nodes_dir = run_path / "nodes"
         self.store = run_path / "weights"
+        # The proposal being signed, kept so that a restarted server offers the
+        # same block again instead of asking validators to sign a second one.
+        self.pending_path = run_path / "pending_block.json"
         self.node_accounts: dict[int, str] = {}
         self.node_heads: dict[int, int] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
@@ -285,7 +288,8 @@ class ConsensusDriver:
         grid = self.grid
         context = self.ledger.context()
         template = propose_template(context, kind, payload)
-        proved = self._propose(grid, template, context)
+        proved = self._pending(template) or self._propose(grid, template, context)
+        self.pending_path.write_text(blocks_to_json([proved]))
 
         # Vote: every validator checks the block against its own copy.
         nodes = [n for n, a in self.node_accounts.items()
@@ -302,6 +306,7 @@ class ConsensusDriver:
         from linguachain.ledger.rules import has_quorum
 
         if not has_quorum(context.params, yes_stake, total):
+            self.pending_path.unlink(missing_ok=True)
             reason = "; ".join(reasons) or "validators did not reply"
             logger.warning(
                 "Block %d (%s): %d of %d staked units voted yes: %s",
@@ -318,13 +323,31 @@ class ConsensusDriver:
         }
         sealed = seal_block(context, proved, signatures)
         if sealed is None:
+            # NOTE: validators that signed keep refusing other blocks at this
+            # height, so the next proposal here may stall below quorum.
             return None, "signatures below quorum"
         try:
             self.ledger.append(sealed, signatures=signatures, weights_path=weights_path)
         except InvalidBlockError as error:
             logger.error("Sealed block rejected by the server's copy: %s", error)
             return None, str(error)
+        self.pending_path.unlink(missing_ok=True)
         return sealed, ""
+
+    def _pending(self, template: Block) -> Block | None:
+        """Return the saved proposal if it is this template, proved."""
+        if not self.pending_path.is_file():
+            return None
+        import json
+
+        pending = block_from_dict(json.loads(self.pending_path.read_text())[0])
+        same = all(
+            getattr(pending, name) == getattr(template, name)
+            for name in ("height", "parent_hash", "kind", "payload", "proposer")
+        )
+        if same:
+            logger.info("Offering the saved proposal for block %d again", pending.height)
+        return pending if same else None
 
     def _propose(self, grid: Grid, template: Block, context) -> Block:  # type: ignore[no-untyped-def]
         started = time.perf_counter()

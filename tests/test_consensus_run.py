@@ -1,0 +1,211 @@
+"""End-to-end consensus on real text: replicas, rejected rounds, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from linguachain.cli import app as cli
+from linguachain.ledger.chain import Ledger
+from linguachain.sweep import run_job
+
+FAST_CONSENSUS = {"consensus.vdf_iterations": 500, "consensus.pow_difficulty_bits": 4}
+
+
+def nested(overrides: dict) -> dict:
+    result: dict = {}
+    for key, value in overrides.items():
+        group, name = key.split(".", 1)
+        result.setdefault(group, {})[name] = value
+    return result
+
+
+def small_run(micro_overrides: dict, **changes) -> dict:
+    return {**micro_overrides, **FAST_CONSENSUS, "train.local_steps": 4,
+            "data.eval_blocks": 32, "output.save_model": False, **changes}
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def chain_payloads(ledger: Ledger) -> list[tuple[str, dict]]:
+    return [(block.kind, json.loads(block.payload)) for block in ledger.blocks()]
+
+
+@pytest.fixture(scope="module")
+def gated_run(micro_overrides, tmp_path_factory) -> tuple[Path, dict]:
+    """Run 2 nodes x 2 rounds with consensus-gated commits."""
+    folder = tmp_path_factory.mktemp("gated")
+    return folder, run_job(nested(small_run(micro_overrides)), folder)
+
+
+def test_replicas_end_with_same_head(gated_run):
+    folder, summary = gated_run
+    server = Ledger.open(folder / "ledger.db")
+    report = server.verify()
+    server.close()
+    assert report.valid, str(report)
+    assert report.head_hash == summary["ledger"]["head"]
+    replicas = sorted((folder / "nodes").glob("node-*/ledger.db"))
+    assert len(replicas) == 2
+    for path in replicas:
+        replica = Ledger.open(path)
+        assert replica.head().hash == report.head_hash, path
+        assert replica.verify(check_signatures=False).valid, path
+        replica.close()
+
+
+def test_rounds_final_and_rewarded(gated_run):
+    folder, summary = gated_run
+    assert summary["committed_rounds"] == 2
+    rows = read_metrics(folder)
+    assert [row["consensus"]["status"] for row in rows[1:]] == ["accepted", "accepted"]
+    ledger = Ledger.open(folder / "ledger.db")
+    kinds = [kind for kind, _ in chain_payloads(ledger)]
+    assert kinds == ["genesis", "version", "data", "version", "data"]
+    context = ledger.context()
+    assert context.last_round == 2
+    assert context.model_hash == summary["final_model_hash"]
+    supply = sum(a.balance + a.stake for a in ledger.accounts())
+    assert supply == context.accounts.minted - context.accounts.burned
+    assert context.accounts.minted > 0
+    ledger.close()
+
+
+def test_cli_generate_from_version(gated_run):
+    folder, summary = gated_run
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["generate", "--version", summary["final_model_hash"], "--run", str(folder),
+              "--prompt", "The game", "--max-new-tokens", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("The game")
+    unknown = runner.invoke(
+        cli, ["generate", "--version", "0" * 64, "--run", str(folder), "--prompt", "A"]
+    )
+    assert unknown.exit_code == 1
+    assert "no final version block" in unknown.output
+
+
+def test_cli_balances_and_transfer(gated_run, tmp_path):
+    folder, _ = gated_run
+    runner = CliRunner()
+    ledger_copy = tmp_path / "ledger.db"
+    ledger_copy.write_bytes((folder / "ledger.db").read_bytes())
+    balances = runner.invoke(cli, ["ledger", "balances", "--db", str(ledger_copy)])
+    assert balances.exit_code == 0, balances.output
+    assert "total supply" in balances.output
+    recipient = Ledger.open(ledger_copy).accounts()[1].account
+    key = folder / "nodes" / "node-0" / "bls_key.json"
+    sent = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", recipient,
+                               "--amount", "5", "--db", str(ledger_copy)])
+    assert sent.exit_code == 0, sent.output
+    assert "nonce 1" in sent.output
+    too_much = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", recipient,
+                                   "--amount", str(10**18), "--db", str(ledger_copy)])
+    assert too_much.exit_code == 1
+    assert "exceeds the balance" in too_much.output
+
+
+def test_worse_model_rejected_and_model_stays(micro_overrides, tmp_path):
+    # A negative tolerance demands a loss gain of 1000 nats, which no round makes.
+    overrides = small_run(micro_overrides, **{"train.rounds": 1,
+                                               "consensus.loss_tolerance": -1000.0})
+    summary = run_job(nested(overrides), tmp_path)
+    row = read_metrics(tmp_path)[1]
+    assert row["committed"] is False
+    assert row["consensus"]["status"] == "rejected"
+    assert "exceeds the parent" in row["consensus"]["reason"]
+    assert summary["committed_rounds"] == 0
+    ledger = Ledger.open(tmp_path / "ledger.db")
+    payloads = chain_payloads(ledger)
+    assert [kind for kind, _ in payloads] == ["genesis", "data"]
+    assert payloads[1][1]["status"] == "rejected"
+    assert ledger.context().model_hash == payloads[0][1]["model_hash"]
+    assert ledger.model_versions() == []
+    assert ledger.verify().valid
+    ledger.close()
+
+
+def start_server(overrides: dict, folder: Path, log: Path) -> subprocess.Popen:
+    """Start a gated run in its own process group, logging to `log`."""
+    code = (
+        "import json, sys; from pathlib import Path; from linguachain.sweep import"
+        " run_job; run_job(json.loads(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(nested(overrides)), str(folder)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+
+
+def kill_when(process: subprocess.Popen, folder: Path, condition, timeout: float) -> None:
+    """SIGKILL the server's process group once `condition(ledger)` holds."""
+    end = time.time() + timeout
+    try:
+        while time.time() < end:
+            assert process.poll() is None, "the run ended before the kill point"
+            path = folder / "ledger.db"
+            if path.is_file():
+                ledger = Ledger.open(path)
+                try:
+                    if condition(ledger):
+                        return
+                finally:
+                    ledger.close()
+            time.sleep(0.5)
+        pytest.fail("the kill point was not reached in time")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+
+
+def test_resume_after_kills(micro_overrides, tmp_path):
+    folder = tmp_path / "run"
+    overrides = small_run(micro_overrides, **{"train.rounds": 3, "train.local_steps": 2})
+
+    # Kill 1, mid-round: round 1's version block is final, its data block is not.
+    first = start_server(overrides, folder, tmp_path / "first.log")
+    kill_when(first, folder, lambda l: l.head() is not None and l.head().kind == "version",
+              timeout=900)
+
+    # Kill 2, between rounds: once round 2 is closed.
+    second = start_server(overrides, folder, tmp_path / "second.log")
+    kill_when(second, folder, lambda l: l.context().last_round >= 2, timeout=900)
+
+    summary = run_job(nested(overrides), folder)
+    ledger = Ledger.open(folder / "ledger.db")
+    report = ledger.verify()
+    assert report.valid, str(report)
+    payloads = chain_payloads(ledger)
+    version_rounds = [p["round"] for kind, p in payloads if kind == "version"]
+    data_rounds = [p["round"] for kind, p in payloads if kind == "data"]
+    assert version_rounds == [1, 2, 3]
+    assert data_rounds == [1, 2, 3]
+    # Each version block mints its rewards once: protocol nonces never repeat.
+    reward_nonces = [
+        json.loads(tx)["nonce"] for kind, p in payloads if kind != "genesis"
+        for tx in p["transactions"]
+    ]
+    assert reward_nonces == list(range(1, len(reward_nonces) + 1))
+    rounds = [row["round"] for row in read_metrics(folder)]
+    assert len(rounds) == len(set(rounds))
+    assert rounds[-1] == 3
+    assert summary["ledger"]["head"] == report.head_hash
+    for path in sorted((folder / "nodes").glob("node-*/ledger.db")):
+        replica = Ledger.open(path)
+        assert replica.head().hash == report.head_hash, path
+        replica.close()
+    ledger.close()
