@@ -9,7 +9,7 @@ Writes docs/benchmarks/ledger.json and the "Ledger" section of docs/BENCHMARKS.m
    transaction per block). BLS signatures are checked when a transfer is
    admitted, so that cost is measured on its own (py_ecc Verify).
 2. Verify time: a chain of `--blocks` transaction blocks with real VDF proofs and
-   proofs of work, replayed by `Ledger.verify`; the per-block time is scaled to
+   proofs of work, replayed by `Ledger.verify`. The per-block time is scaled to
    10,000 blocks. The attestation check (one FastAggregateVerify per block) is
    measured on real sealed blocks and added per block.
 3. Consensus share: a 2-node, 2-round gated simulation on WikiText-2 (micro

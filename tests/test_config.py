@@ -67,3 +67,10 @@ def test_nested_config_goes_through_same_schema():
     assert config.train.lr == 0.01
     with pytest.raises(ConfigError, match="Did you mean 'model.preset'"):
         from_nested({"model": {"prest": "micro"}})
+
+
+@pytest.mark.parametrize("quorum", ["1/2", "3/2", "two thirds", "2/0"])
+def test_consensus_quorum_below_two_thirds_rejected(quorum):
+    with pytest.raises(ConfigError) as error:
+        load_config({"consensus.quorum": quorum})
+    assert "'consensus.quorum'" in str(error.value)

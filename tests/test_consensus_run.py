@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from linguachain.cli import app as cli
@@ -159,12 +160,15 @@ def kill_when(process: subprocess.Popen, folder: Path, condition, timeout: float
             assert process.poll() is None, "the run ended before the kill point"
             path = folder / "ledger.db"
             if path.is_file():
-                ledger = Ledger.open(path)
                 try:
-                    if condition(ledger):
-                        return
-                finally:
-                    ledger.close()
+                    ledger = Ledger.open(path)
+                    try:
+                        if condition(ledger):
+                            return
+                    finally:
+                        ledger.close()
+                except OperationalError:
+                    pass  # The server is still creating the tables.
             time.sleep(0.5)
         pytest.fail("the kill point was not reached in time")
     finally:

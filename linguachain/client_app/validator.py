@@ -1,6 +1,6 @@
 """A node's consensus role: its own ledger copy, proposing, voting and signing.
 
-Every query message carries the final blocks the node lacks; the node checks
+Every query message carries the final blocks the node lacks. The node checks
 each one against its own copy (all chain rules, BLS included) before appending
 it, so a node never trusts the server's chain. In simulation the node's key and
 ledger live in `<run>/nodes/node-<partition>/`; node config keys `bls-key` and
@@ -51,8 +51,8 @@ def sync_blocks(ledger: Ledger, blocks: list[Block]) -> None:
     head = ledger.head()
     for block in blocks:
         if head is not None and block.height <= head.height:
-            held = ledger.block_at(block.height)
-            if held is None or held.hash != block.hash:
+            stored = ledger.block_at(block.height)
+            if stored is None or stored.hash != block.hash:
                 raise InvalidBlockError(
                     block.height, "fork", "the server's block differs from this copy"
                 )

@@ -5,7 +5,7 @@ Each block's hash is the SHA-256 of the canonical JSON of its header (see
 together with the rows derived from it (transactions, attestations, model
 versions, accounts, chain state), so a crash never leaves half a block. Before a
 block is written, `ledger.rules.process_block` checks it against the state after
-the current head; `verify` replays every block from genesis with the same rules
+the current head. `verify` replays every block from genesis with the same rules
 and compares the derived rows.
 """
 
@@ -542,6 +542,14 @@ def check_derived_rows(block: Block, derived: dict[str, Any]) -> None:
     if canonical_json(stored) != canonical_json(expected):
         raise InvalidBlockError(
             height, "model-version", "model version row differs from the block"
+        )
+    # The store names each weights file after its hash.
+    if version.weights_path and not version.weights_path.endswith(
+        f"/{version.model_hash}.npz"
+    ):
+        raise InvalidBlockError(
+            height, "model-version", f"weights path {version.weights_path} is not"
+            " content-addressed by the model hash"
         )
 
 

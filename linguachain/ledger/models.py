@@ -2,7 +2,7 @@
 
 `blocks` is the chain itself. `transactions`, `attestations` and
 `model_versions` are rows derived from a block's payload and evidence, written in
-the same database transaction as the block; `accounts` and `chain_state` are the
+the same database transaction as the block. `accounts` and `chain_state` are the
 LinguaCoin state after the head block. `verify` recomputes all of them from the
 blocks and reports any row that differs. `mempool` and `signed_heights` are local
 bookkeeping outside the chain.

@@ -13,7 +13,7 @@ A block passes `process_block` when, against the state after its parent:
 | `genesis`, `version`, `data`, `transaction` | the payload rules of each kind (below), which also check rewards and transactions |
 
 Genesis payload: `consensus` (the parameters) and `validators` (account, proof of
-possession, stake, balance); a genesis without `consensus` starts an unattested
+possession, stake, balance). A genesis without `consensus` starts an unattested
 chain whose blocks carry no evidence (consensus disabled). Version payload: `round`,
 `model_hash`, `parent_model_hash`, `commitments`, `metrics`, `transactions` (the
 rewards of `version_rewards`). Data payload: `round`, `status` (`accepted` or

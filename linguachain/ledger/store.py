@@ -1,6 +1,6 @@
 """Content-addressed store of model weights: one file per weights hash.
 
-A file `<hash>.npz` holds the named arrays in canonical order; loading
+A file `<hash>.npz` contains the named arrays in canonical order; loading
 recomputes `hash_weights` and rejects a file whose content no longer matches
 its name.
 """

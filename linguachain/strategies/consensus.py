@@ -1,8 +1,8 @@
 """The consensus step of a round: the aggregate becomes the global model only once final.
 
-`ConsensusGate` wraps a strategy's `aggregate_train`: the aggregated ArrayRecord
-is returned (and so becomes the next global model) only when its version block
-is final; otherwise it returns None and Flower keeps the old model.
+`ConsensusGate` wraps a strategy's `aggregate_train`. It returns the aggregated
+ArrayRecord, which Flower makes the next global model, only when its version
+block is final. Otherwise it returns None and Flower keeps the old model.
 `ConsensusDriver` runs each block's consensus over Flower `query` messages:
 
 1. `query.propose` to the drawn proposer, which evaluates the VDF over the
@@ -114,8 +114,8 @@ class ConsensusDriver:
         """Load each node's BLS key from the run folder, generating missing ones.
 
         NOTE: in simulation the server provisions the node keys into the run
-        folder, where the simulated nodes read them; deployments give each node
-        its key in its kit (node config `bls-key`) and the genesis validator set.
+        folder, where the simulated nodes read them. Deployments give each node
+        its key in its kit (node config `bls-key`).
         """
         return [
             load_or_create_key(node_dir(self.nodes_dir, i) / BLS_KEY_FILE)
@@ -363,8 +363,8 @@ class ConsensusDriver:
                 proved = block_from_dict(json.loads(reply["block"]))
         if proved is None or proved.payload != template.payload:
             # NOTE: the server proves on behalf of a drawn proposer that did not
-            # reply; validators still check the VDF and the PoW, and no proposer
-            # signature exists to forge, but the sequential work is the server's.
+            # reply. Validators still check the VDF and the PoW, but then the
+            # sequential work is the server's, not the proposer's.
             logger.warning("Proposer %s did not reply; the server proves block %d",
                            template.proposer[:16], template.height)
             proved = prove_block(template, context)

@@ -7,11 +7,16 @@ import sqlite3
 import threading
 
 import pytest
-from chain_helpers import (
+from chain_helpers import (  # noqa: F401 (fixtures)
     BALANCE,
     PARAMS,
     STAKE,
+    chain_copy,
+    chain_file,
     commitments,
+    keys,
+    postgres_db,
+    postgres_url,
     start_chain,
     transfer,
     validator_keys,
@@ -155,7 +160,7 @@ def test_block_below_quorum_not_committed(keys, tmp_path):
     )
     block = prove_block(propose_template(context, "version", payload), context)
     one_signature = {keys[0].account: sign_block(keys[0], block)}
-    # One of two equal validators holds half the stake: below two thirds.
+    # One of two equal validators has half the stake, below two thirds.
     assert seal_block(context, block, one_signature) is None
     block.signers = json.dumps([keys[0].account])
     block.attestation = one_signature[keys[0].account]
