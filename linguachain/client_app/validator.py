@@ -117,6 +117,7 @@ def _vote(
     except (InvalidBlockError, ValueError) as error:
         logger.warning("Rejected block %d: %s", block.height, error)
         return {"accept": False, "reason": str(error)}
+    ledger.record_approval(block.height, block.hash)
     return {"accept": True, "reason": ""}
 
 
@@ -149,6 +150,8 @@ def _sign(ledger: Ledger, key: ValidatorKey, record: ConfigRecord) -> dict[str, 
     block = _proposal(record)
     chain = ledger.context()
     validate_proposal(chain, block)
+    if not ledger.is_approved(block.hash):
+        raise ValueError(f"block {block.height} was not approved by this node's vote")
     if not ledger.record_signature(block.height, block.hash):
         raise ValueError(
             f"already signed another block at height {block.height}; refusing to"

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from linguachain.ledger.hashing import canonical_json
 from linguachain.ledger.models import (
     Account,
+    Approval,
     AttestationRow,
     Base,
     Block,
@@ -361,6 +362,17 @@ class Ledger:
         """Remove one queued entry, for example one that no block can include."""
         with self.sessions.begin() as session:
             session.execute(delete(MempoolEntry).where(MempoolEntry.entry_hash == entry_hash))
+
+    def record_approval(self, height: int, block_hash: str) -> None:
+        """Record that this node voted for `block_hash` at `height`."""
+        with self.sessions.begin() as session:
+            if session.get(Approval, block_hash) is None:
+                session.add(Approval(block_hash=block_hash, height=height))
+
+    def is_approved(self, block_hash: str) -> bool:
+        """Check that this node voted for `block_hash`."""
+        with self.sessions() as session:
+            return session.get(Approval, block_hash) is not None
 
     def record_signature(self, height: int, block_hash: str) -> bool:
         """Record that this node signs `block_hash` at `height`.

@@ -4,8 +4,8 @@
 `model_versions` are rows derived from a block's payload and evidence, written in
 the same database transaction as the block. `accounts` and `chain_state` are the
 LinguaCoin state after the head block. `verify` recomputes all of them from the
-blocks and reports any row that differs. `mempool` and `signed_heights` are local
-bookkeeping outside the chain.
+blocks and reports any row that differs. `mempool`, `signed_heights` and `approvals` are
+local bookkeeping outside the chain.
 """
 
 from __future__ import annotations
@@ -128,3 +128,12 @@ class SignedHeight(Base):
 
     height: Mapped[int] = mapped_column(Integer, primary_key=True)
     block_hash: Mapped[str] = mapped_column(String(64))
+
+
+class Approval(Base):
+    """A proposal this node voted for; it signs only blocks it approved."""
+
+    __tablename__ = "approvals"
+
+    block_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    height: Mapped[int] = mapped_column(Integer)

@@ -107,6 +107,7 @@ class ConsensusDriver:
         self.round_offset = 0
         self.extra_records: dict[str, ConfigRecord] = {}
         self.grid: Grid | None = None
+        self._vdf_seconds = 0.0
 
     # --- Setup and resume ---
 

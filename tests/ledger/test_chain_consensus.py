@@ -301,3 +301,31 @@ def test_rewards_minted_by_token_share(chain_copy, keys):
     context = ledger.context()
     assert context.accounts.minted == 2 * (STAKE + BALANCE) + proposers
     assert BASE_UNITS_PER_LINGUACOIN == 10**8
+
+
+def test_node_signs_only_approved_block_once(keys, tmp_path):
+    from flwr.app import ConfigRecord
+
+    from linguachain.client_app.validator import _sign
+    from linguachain.ledger.consensus import blocks_to_json, data_payload
+
+    ledger = start_chain(str(tmp_path / "node.db"), keys)
+    context = ledger.context()
+    first, second = (
+        prove_block(
+            propose_template(context, "data", data_payload(context, "rejected", r, [])),
+            context,
+        )
+        for r in ("first", "second")
+    )
+    record = ConfigRecord({"proposal": blocks_to_json([first])})
+    with pytest.raises(ValueError, match="not approved"):
+        _sign(ledger, keys[0], record)
+    ledger.record_approval(first.height, first.hash)
+    signature = bytes.fromhex(str(_sign(ledger, keys[0], record)["signature"]))
+    assert signature == sign_block(keys[0], first)
+
+    # A second block at the same height is a double sign, even when approved.
+    ledger.record_approval(second.height, second.hash)
+    with pytest.raises(ValueError, match="double sign"):
+        _sign(ledger, keys[0], ConfigRecord({"proposal": blocks_to_json([second])}))
