@@ -160,6 +160,12 @@ def encrypt_train_update(
     scheme = config.secure_aggregation.scheme
     vector = compute_update(global_weights, local_weights)
     weight = aggregation_weight(token_count, config.data.block_size)
+    max_blocks = config.secure_aggregation.max_total_blocks
+    if scheme == PAILLIER and weight > max_blocks:
+        raise ValueError(
+            f"this node's {weight} training blocks exceed the Paillier slot "
+            f"headroom secure_aggregation.max_total_blocks={max_blocks}; raise it"
+        )
 
     projected = project_payload_bytes(kit, config, vector.size)
     logger.info(
