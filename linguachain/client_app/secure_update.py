@@ -1,12 +1,11 @@
 """Node step of secure aggregation: encrypt the update, decrypt sums on request.
 
-After local training the node computes its update (local minus global weights,
-in the order of the global ArrayRecord, which is the model's canonical
-`named_parameters` order), rejects NaN and inf, projects the payload size and
-checks it against `secure_aggregation.max_payload_mb`, then encrypts the update
-weighted by its training blocks (privacy.secure_sum) and replies with the
-ciphertext chunks, its token count, the key fingerprint and a SHA-256
-commitment (privacy.records).
+After local training the node computes its update: local minus global weights,
+in the order of the global ArrayRecord (the model's `named_parameters` order).
+It rejects NaN and inf and checks the projected payload size against
+`secure_aggregation.max_payload_mb`. Then it encrypts the update weighted by its
+training blocks (privacy.secure_sum) and replies with the ciphertext chunks, its
+token count, the key fingerprint and a SHA-256 commitment (privacy.records).
 
 The node finds its kit at the node-config key `kit-path` (deployment) or else at
 `<secure_aggregation.kit_dir>/node-<partition-id>` (simulation, where the server
@@ -56,8 +55,8 @@ KIT_PATH_KEY = "kit-path"
 MAX_PAYLOAD_KEY = "secure_aggregation.max_payload_mb"
 AVERAGE_KEY = "average"
 
-# Bytes a serialized TenSEAL ciphertext adds to its two polynomials (measured
-# 140 to 150 with tenseal 0.3.18; rounded up).
+# Bytes a serialized TenSEAL ciphertext adds to its two polynomials: 140 for a
+# full `sum` chunk with tenseal 0.3.18 (sizes in privacy.ckks), rounded up.
 CKKS_HEADER_BYTES = 256
 
 
@@ -241,7 +240,7 @@ def handle_decrypt(msg: Message, context: Context) -> Message:
         key_share = kit.paillier_key_share
         if verification_keys is None or key_share is None:
             raise ValueError(
-                f"kit {kit.path} holds no Paillier key share; provision the kits "
+                f"kit {kit.path} contains no Paillier key share; provision the kits "
                 "with Paillier keys"
             )
         _check_request_key(request, verification_keys.public_key.key_id)
@@ -268,14 +267,14 @@ def _check_request_key(request: ConfigRecord, fingerprint: str) -> None:
     if requested != fingerprint:
         raise ValueError(
             f"decryption request is for key {requested[:16]}..., but this node's kit "
-            f"holds {fingerprint[:16]}...; node and server use different kits"
+            f"contains {fingerprint[:16]}...; node and server use different kits"
         )
 
 
 def _paillier_public_key(kit: NodeKit):  # type: ignore[no-untyped-def]
     if kit.paillier_public_key is None:
         raise ValueError(
-            f"kit {kit.path} holds no Paillier key; provision the kits with Paillier "
+            f"kit {kit.path} contains no Paillier key; provision the kits with Paillier "
             "keys to use secure_aggregation.scheme=paillier"
         )
     return kit.paillier_public_key

@@ -2,10 +2,11 @@
 
 Both schemes compute the FedAvg average sum(w_i * x_i) / sum(w_i), where x_i is
 node i's update (local minus global weights, flattened in canonical order) and
-w_i its weight. The weight is the node's number of training blocks, token count
-divided by data.block_size: every block holds block_size tokens, so this is
-proportional to the token count and gives the same average, while keeping the
-scaled values 128 times smaller (CKKS overflow margin, Paillier slot headroom).
+w_i its weight. The weight is the node's number of training blocks, its token
+count divided by data.block_size. Every block contains block_size tokens, so the
+weights are proportional to token counts and give the same average. They keep
+the scaled values block_size times smaller, which leaves CKKS more overflow
+margin and Paillier slots more headroom.
 
 - CKKS: the node encrypts w_i * x_i with the shared context (privacy.ckks). The
   server adds ciphertexts with the public context; a key holder decrypts the sum
@@ -209,7 +210,7 @@ class CKKSAggregator:
         if public_context.is_private():
             raise ValueError(
                 "the server's CKKS context contains a secret key; load the server "
-                "kit, which holds only the public context"
+                "kit, which contains only the public context"
             )
         self.context = public_context
         self.fingerprint = ckks.context_fingerprint(public_context)

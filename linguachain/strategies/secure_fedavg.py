@@ -1,6 +1,6 @@
 """FedAvg over encrypted updates: validate, sum ciphertexts, have key holders decrypt.
 
-The server never holds a secret key. Each round `SecureAggregator.aggregate_train`
+The server never has a secret key. Each round `SecureAggregator.aggregate_train`
 runs four steps, each a method that subclasses can override (encrypted robust
 aggregation, for example, scores the loaded replies before summing them):
 
@@ -264,11 +264,11 @@ class SecureAggregator(FedAvg):
     def _decrypt_ckks(
         self, server_round: int, summed: list[bytes], total_weight: int, num_replies: int
     ) -> np.ndarray:
-        wanted = self.settings.ckks_decryptors
-        committee = self._committee(wanted)
-        if len(committee) < wanted:
+        required = self.settings.ckks_decryptors
+        committee = self._committee(required)
+        if len(committee) < required:
             raise RoundRejectedError(
-                f"CKKS decryption needs {wanted} nodes of the key committee, but "
+                f"CKKS decryption needs {required} nodes of the key committee, but "
                 f"only {len(committee)} are connected; lower "
                 "secure_aggregation.ckks_decryptors"
             )
@@ -310,9 +310,9 @@ class SecureAggregator(FedAvg):
                 continue
             results[node_id] = np.asarray(average, dtype=np.float64)
 
-        if len(results) < wanted:
+        if len(results) < required:
             raise RoundRejectedError(
-                f"only {len(results)} of the {wanted} CKKS decryptors "
+                f"only {len(results)} of the {required} CKKS decryptors "
                 f"{sorted(committee)} returned a valid decryption"
             )
         # Honest key holders decrypt the same ciphertext to the same values, so
@@ -529,7 +529,7 @@ def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
     else:
         if kit.paillier_verification_keys is None:
             raise ValueError(
-                f"server kit {kit.path} holds no Paillier keys; provision kits with "
+                f"server kit {kit.path} contains no Paillier keys; provision kits with "
                 "Paillier keys for secure_aggregation.scheme=paillier"
             )
         cipher = PaillierAggregator(
