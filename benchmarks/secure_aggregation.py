@@ -15,7 +15,7 @@ nodes this measures, in one process:
   parallel), verification of t proofs and combination on the server.
 
 Updates are Gaussian with standard deviation 0.01 in the tiny preset's parameter
-layout; the crypto costs depend on the number of values, not on their values.
+layout. The crypto costs depend on the number of values, not on the values.
 Paillier costs are measured on a slice of `--paillier-sample` ciphertexts and
 scaled linearly to the whole update (every ciphertext costs the same), because
 the full update takes minutes per node on a shared 2-core machine. The n

@@ -108,7 +108,7 @@ class AggregationConfig:
 
 @dataclass
 class SecureAggregationConfig:
-    """How node updates are encrypted and summed, and who decrypts the sum."""
+    """Encryption scheme of node updates, its parameters and its decryptors."""
 
     # ckks: TenSEAL CKKS, nodes share one secret key and the server holds only the
     # public context. paillier: threshold Paillier, t of the nodes decrypt the sum

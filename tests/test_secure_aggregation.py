@@ -1,9 +1,9 @@
 """Secure aggregation strategy with real kits, encryption and decryption handlers.
 
 Nodes are the real node step (encrypt_train_update) and the real "query.decrypt"
-handler. InProcessGrid stands in for Flower's transport only: it calls the
-handler of each addressed node in this process, and it can make a node fail or
-tamper with its decryption reply, faults a healthy simulation does not produce.
+handler. InProcessGrid replaces only Flower's transport: it calls the handler of
+each addressed node in this process. It can also make a node fail or tamper with
+its decryption reply, faults that a healthy simulation does not produce.
 """
 
 from __future__ import annotations

@@ -127,6 +127,8 @@ def encrypt_paillier(
             packing.clip_range,
         )
     plaintexts = packing.pack(vector, weight)
+    # NOTE: the noise r^n mod n^2 is computed here, on the round's critical path.
+    # It does not depend on the update, so it could be precomputed during training.
     ciphertexts = paillier.encrypt_many(public_key, plaintexts)
     chunks = [
         paillier.ciphertexts_to_bytes(public_key, part.tolist())
