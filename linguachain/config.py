@@ -299,6 +299,21 @@ def check_ranges(config: RunConfig) -> None:
         "use a fraction in [0, 1]",
     )
     _check_secure_aggregation(config.secure_aggregation)
+    if config.secure_aggregation.scheme != "none":
+        secure = config.secure_aggregation
+        _require(
+            secure.min_replies <= fed.num_nodes,
+            "secure_aggregation.min_replies",
+            secure.min_replies,
+            f"use at most federation.num_nodes={fed.num_nodes}, or every round is "
+            "rejected",
+        )
+        _require(
+            secure.scheme != "ckks" or secure.ckks_decryptors <= fed.num_nodes,
+            "secure_aggregation.ckks_decryptors",
+            secure.ckks_decryptors,
+            f"use at most federation.num_nodes={fed.num_nodes}",
+        )
     _require(
         config.output.max_new_tokens >= 1,
         "output.max_new_tokens",

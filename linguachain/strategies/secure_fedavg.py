@@ -523,6 +523,12 @@ def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
             "the strategy, or run `linguachain provision` and set the key"
         )
     kit = load_server_kit(Path(secure.kit_dir) / SERVER_DIR)
+    if secure.scheme == CKKS and kit.ckks_parameter_set != secure.ckks_parameters:
+        raise ValueError(
+            f"server kit {kit.path} uses CKKS parameter set "
+            f"{kit.ckks_parameter_set!r}, but secure_aggregation.ckks_parameters is "
+            f"{secure.ckks_parameters!r}; set it to match or re-provision the kits"
+        )
     cipher: CKKSAggregator | PaillierAggregator
     if secure.scheme == CKKS:
         cipher = CKKSAggregator(kit.ckks_context)
