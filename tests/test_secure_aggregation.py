@@ -507,3 +507,16 @@ def test_cli_provision_writes_private_kits(tmp_path):
     again = CliRunner().invoke(cli, ["provision", "--nodes", "2", "--out", str(out)])
     assert again.exit_code == 2
     assert "already exists" in again.output
+
+
+def test_ckks_with_fedavgm_server_momentum(kit_dir):
+    config = make_config(kit_dir, "ckks")
+    config = dataclasses.replace(
+        config, aggregation=dataclasses.replace(config.aggregation, name="fedavgm")
+    )
+    replies = [encrypted_reply(config, i) for i in NODE_IDS]
+    strategy, result = run_round(config, replies, InProcessGrid())
+    assert type(strategy).__name__ == "LinguaChainSecureFedAvgM"
+    # In round 1 the momentum buffer is the first pseudo-gradient, so with
+    # server_lr 1 the step equals the plain average.
+    np.testing.assert_allclose(new_update(result), expected_average(NODE_IDS), rtol=1e-5, atol=1e-8)
