@@ -383,9 +383,16 @@ class SecureAggregator(FedAvg):
                 f"threshold is {threshold}"
             )
             raise RoundRejectedError(str(error))
-        return self.cipher.combine(
-            ciphertexts, list(partials.values()), total_weight, self._model_length()
-        )
+        try:
+            return self.cipher.combine(
+                ciphertexts, list(partials.values()), total_weight, self._model_length()
+            )
+        except ValueError as error:
+            # Unpacking fails when a slot overflowed, which verified shares of
+            # honest replies never cause.
+            raise RoundRejectedError(
+                f"the combined Paillier plaintexts do not unpack: {error}"
+            ) from error
 
     def _read_partial(self, reply: Message, count: int) -> PartialDecryption:
         assert isinstance(self.cipher, PaillierAggregator)
