@@ -128,7 +128,9 @@ def measure_ckks(length: int, num_nodes: int) -> dict[str, float]:
     for node in range(distinct):
         vector = random_update(length, node)
         started = time.perf_counter()
-        updates.append(encrypt_ckks(context, fingerprint, vector, weight, TOKENS_PER_NODE))
+        updates.append(
+            encrypt_ckks(context, fingerprint, vector, weight, TOKENS_PER_NODE)
+        )
         encrypt_seconds.append(time.perf_counter() - started)
     replies = [updates[node % distinct] for node in range(num_nodes)]
 
@@ -141,7 +143,9 @@ def measure_ckks(length: int, num_nodes: int) -> dict[str, float]:
     average = ckks.decrypt_average(context, summed, weight * num_nodes, length)
     decrypt_seconds = time.perf_counter() - started
 
-    expected = np.mean([random_update(length, i % distinct) for i in range(num_nodes)], axis=0)
+    expected = np.mean(
+        [random_update(length, i % distinct) for i in range(num_nodes)], axis=0
+    )
     return {
         "encrypt": float(np.mean(encrypt_seconds)),
         "sum": sum_seconds,
@@ -158,7 +162,9 @@ def measure_paillier(
     modulus_bits = (primes[0] * primes[1]).bit_length()
     dealing = deal_threshold_keys(num_nodes, None, modulus_bits, safe_primes=primes)
     keys = dealing.verification_keys
-    settings = PaillierSettings(clip_range=0.25, precision_bits=16, max_total_weight=32768)
+    settings = PaillierSettings(
+        clip_range=0.25, precision_bits=16, max_total_weight=32768
+    )
     packing = paillier_packing(dealing.public_key, settings)
     aggregator = PaillierAggregator(keys, settings)
     num_ciphertexts = packing.count_plaintexts(length)
@@ -169,7 +175,9 @@ def measure_paillier(
 
     vector = random_update(sample_length, 0)
     started = time.perf_counter()
-    update = encrypt_paillier(dealing.public_key, packing, vector, weight, TOKENS_PER_NODE)
+    update = encrypt_paillier(
+        dealing.public_key, packing, vector, weight, TOKENS_PER_NODE
+    )
     encrypt_seconds = (time.perf_counter() - started) * scale
 
     # Sum num_nodes copies of the slice: the cost depends only on their number.
@@ -182,7 +190,8 @@ def measure_paillier(
     threshold = keys.threshold
     started = time.perf_counter()
     partials = [
-        partial_decrypt_paillier(keys, dealing.key_shares[i], summed) for i in range(threshold)
+        partial_decrypt_paillier(keys, dealing.key_shares[i], summed)
+        for i in range(threshold)
     ]
     partial_seconds = (time.perf_counter() - started) / threshold * scale
 
@@ -190,7 +199,9 @@ def measure_paillier(
     started = time.perf_counter()
     for partial in partials:
         verify_partial_decryption(keys, ciphertexts, partial)
-    average = aggregator.combine(ciphertexts, partials, weight * num_nodes, sample_length)
+    average = aggregator.combine(
+        ciphertexts, partials, weight * num_nodes, sample_length
+    )
     server_seconds = (time.perf_counter() - started) * scale
 
     return {
@@ -200,7 +211,9 @@ def measure_paillier(
         "partial_decrypt": partial_seconds,
         "verify_and_combine": server_seconds,
         "threshold": threshold,
-        "bytes_per_param": num_ciphertexts * dealing.public_key.ciphertext_bytes / length,
+        "bytes_per_param": num_ciphertexts
+        * dealing.public_key.ciphertext_bytes
+        / length,
         "sampled_ciphertexts": sample,
         "total_ciphertexts": num_ciphertexts,
         "max_abs_error": float(np.max(np.abs(average - vector))),
@@ -293,11 +306,11 @@ def main() -> None:
         plain["round_time_ratio"] = 1.0
         rows = {"plaintext": plain}
         rows["ckks"] = measure_ckks(length, nodes)
-        rows["paillier"] = measure_paillier(
-            length, nodes, primes, args.paillier_sample
-        )
+        rows["paillier"] = measure_paillier(length, nodes, primes, args.paillier_sample)
         for scheme in ("ckks", "paillier"):
-            rows[scheme]["round_time_ratio"] = round_time(train_seconds, rows[scheme]) / plain_round
+            rows[scheme]["round_time_ratio"] = (
+                round_time(train_seconds, rows[scheme]) / plain_round
+            )
         for scheme, row in rows.items():
             results[scheme]["by_nodes"][str(nodes)] = row
             print(

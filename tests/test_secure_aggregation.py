@@ -122,7 +122,9 @@ class InProcessGrid:
             node_id = message.metadata.dst_node_id
             self.requests.append(node_id)
             if node_id in self.failing:
-                replies.append(Message(Error(code=1, reason="node offline"), reply_to=message))
+                replies.append(
+                    Message(Error(code=1, reason="node offline"), reply_to=message)
+                )
                 continue
             reply = handle_decrypt(message, node_context(node_id))
             if node_id in self.tampering:
@@ -150,7 +152,8 @@ def tamper(reply: Message) -> None:
 def global_weights() -> OrderedDict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return OrderedDict(
-        (f"layer{i}.weight", rng.normal(0, 0.1, shape)) for i, shape in enumerate(SHAPES)
+        (f"layer{i}.weight", rng.normal(0, 0.1, shape))
+        for i, shape in enumerate(SHAPES)
     )
 
 
@@ -173,7 +176,9 @@ def expected_average(node_ids: list[int]) -> np.ndarray:
 
 
 def train_message(node_id: int) -> Message:
-    return Message(RecordDict({"c": ConfigRecord({})}), dst_node_id=node_id, message_type="train")
+    return Message(
+        RecordDict({"c": ConfigRecord({})}), dst_node_id=node_id, message_type="train"
+    )
 
 
 def encrypted_reply(config: RunConfig, node_id: int, update=None) -> Message:
@@ -185,7 +190,10 @@ def encrypted_reply(config: RunConfig, node_id: int, update=None) -> Message:
     if update is not None:
         records = update(records)
     content = RecordDict(
-        {**records, "metrics": MetricRecord({"num-examples": TOKENS[node_id], **metrics})}
+        {
+            **records,
+            "metrics": MetricRecord({"num-examples": TOKENS[node_id], **metrics}),
+        }
     )
     return Message(content, reply_to=train_message(node_id))
 
@@ -194,13 +202,17 @@ def rebuild(records, **changes):
     """Change fields of an encrypted update and recommit, as a node could."""
     update = update_from_content(RecordDict(records))
     update = dataclasses.replace(update, **changes)
-    commitment = compute_commitment(update.scheme, update.key_fingerprint, update.chunks)
+    commitment = compute_commitment(
+        update.scheme, update.key_fingerprint, update.chunks
+    )
     return update_to_records(dataclasses.replace(update, commitment=commitment))
 
 
 def run_round(config: RunConfig, replies: list[Message], grid: InProcessGrid):
     strategy = build_strategy(config)
-    arrays = ArrayRecord(OrderedDict((k, Array(v)) for k, v in global_weights().items()))
+    arrays = ArrayRecord(
+        OrderedDict((k, Array(v)) for k, v in global_weights().items())
+    )
     list(strategy.configure_train(1, arrays, ConfigRecord(flatten(config)), grid))
     result = strategy.aggregate_train(1, replies)
     return strategy, result
@@ -209,7 +221,9 @@ def run_round(config: RunConfig, replies: list[Message], grid: InProcessGrid):
 def new_update(result) -> np.ndarray:
     arrays, _ = result
     assert arrays is not None
-    return flat(OrderedDict((k, v.numpy()) for k, v in arrays.items())) - flat(global_weights())
+    return flat(OrderedDict((k, v.numpy()) for k, v in arrays.items())) - flat(
+        global_weights()
+    )
 
 
 # Exactness against plaintext FedAvg.
@@ -243,7 +257,11 @@ def test_paillier_matches_quantized_fedavg(kit_dir):
     offset = int(0.25 * scale)
     weights = [TOKENS[i] // BLOCK for i in NODE_IDS]
     quantized = [
-        np.clip(np.rint((flat(local_weights(i)) - flat(global_weights())) * scale), -offset, offset)
+        np.clip(
+            np.rint((flat(local_weights(i)) - flat(global_weights())) * scale),
+            -offset,
+            offset,
+        )
         for i in NODE_IDS
     ]
     expected = sum(w * q for w, q in zip(weights, quantized)) / scale / sum(weights)
@@ -319,7 +337,9 @@ def test_ckks_malformed_reply_dropped(kit_dir, other_kit_dir, case):
     assert len(stats.error_reasons) == 1
     assert stats.error_reasons[0].startswith("node 101:")
     assert reason in stats.error_reasons[0]
-    np.testing.assert_allclose(new_update(result), expected_average(NODE_IDS[1:]), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        new_update(result), expected_average(NODE_IDS[1:]), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_token_count_must_match_metrics(kit_dir):
@@ -343,7 +363,9 @@ def test_too_few_valid_replies_rejects_round(kit_dir):
     assert grid.requests == []
 
 
-@pytest.mark.parametrize("case", ["other key", "truncated bytes", "garbage bytes", "wrong chunk count"])
+@pytest.mark.parametrize(
+    "case", ["other key", "truncated bytes", "garbage bytes", "wrong chunk count"]
+)
 def test_paillier_malformed_reply_dropped(kit_dir, other_kit_dir, case):
     config = make_config(kit_dir, "paillier")
 
@@ -367,7 +389,9 @@ def test_paillier_malformed_reply_dropped(kit_dir, other_kit_dir, case):
     stats = strategy.round_stats[1]
     assert stats.error_reasons[0].startswith("node 101:")
     assert result[0] is not None
-    np.testing.assert_allclose(new_update(result), expected_average(NODE_IDS[1:]), atol=2**-17)
+    np.testing.assert_allclose(
+        new_update(result), expected_average(NODE_IDS[1:]), atol=2**-17
+    )
 
 
 # Decryption by key holders.
@@ -387,7 +411,9 @@ def test_ckks_missing_decryptor_rejects_round(kit_dir):
     replies = [encrypted_reply(config, i) for i in NODE_IDS]
     strategy, result = run_round(config, replies, InProcessGrid(failing=[101]))
     assert result == (None, None)
-    assert "only 1 of the 2 CKKS decryptors" in strategy.round_stats[1].extra["rejected"]
+    assert (
+        "only 1 of the 2 CKKS decryptors" in strategy.round_stats[1].extra["rejected"]
+    )
 
 
 def test_paillier_exactly_threshold_shares(kit_dir):
@@ -396,7 +422,9 @@ def test_paillier_exactly_threshold_shares(kit_dir):
     grid = InProcessGrid(failing=[103])
     _, result = run_round(config, replies, grid)
     assert grid.requests == NODE_IDS
-    np.testing.assert_allclose(new_update(result), expected_average(NODE_IDS), atol=2**-17)
+    np.testing.assert_allclose(
+        new_update(result), expected_average(NODE_IDS), atol=2**-17
+    )
 
 
 def test_paillier_threshold_minus_one_rejects_round(kit_dir):
@@ -417,7 +445,9 @@ def test_paillier_tampered_share_names_node(kit_dir):
     assert len(reasons) == 1
     assert reasons[0].startswith("node 101:")
     assert "party 1" in reasons[0]
-    np.testing.assert_allclose(new_update(result), expected_average(NODE_IDS), atol=2**-17)
+    np.testing.assert_allclose(
+        new_update(result), expected_average(NODE_IDS), atol=2**-17
+    )
 
 
 def test_paillier_tampered_share_below_threshold_rejects(kit_dir):
@@ -436,7 +466,9 @@ def test_payload_over_limit_fails_before_sending(kit_dir):
     config = make_config(kit_dir, "ckks", max_payload_mb=0.01)
     kit = load_kit(node_context(101), config)
     with pytest.raises(PayloadTooLargeError) as error:
-        encrypt_train_update(config, kit, global_weights(), local_weights(101), TOKENS[101], 0)
+        encrypt_train_update(
+            config, kit, global_weights(), local_weights(101), TOKENS[101], 0
+        )
     message = str(error.value)
     assert "MiB" in message
     assert "limit of 0.01 MiB" in message
@@ -519,4 +551,6 @@ def test_ckks_with_fedavgm_server_momentum(kit_dir):
     assert type(strategy).__name__ == "LinguaChainSecureFedAvgM"
     # In round 1 the momentum buffer is the first pseudo-gradient, so with
     # server_lr 1 the step equals the plain average.
-    np.testing.assert_allclose(new_update(result), expected_average(NODE_IDS), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        new_update(result), expected_average(NODE_IDS), rtol=1e-5, atol=1e-8
+    )

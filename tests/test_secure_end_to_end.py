@@ -31,13 +31,17 @@ def run(overrides: dict, folder: Path) -> tuple[dict, list[dict]]:
 @pytest.fixture(scope="module")
 def plaintext_run(micro_overrides, tmp_path_factory):
     folder = tmp_path_factory.mktemp("plaintext")
-    return folder, *run({**micro_overrides, "secure_aggregation.scheme": "none"}, folder)
+    return folder, *run(
+        {**micro_overrides, "secure_aggregation.scheme": "none"}, folder
+    )
 
 
 @pytest.fixture(scope="module")
 def ckks_run(micro_overrides, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckks")
-    return folder, *run({**micro_overrides, "secure_aggregation.scheme": "ckks"}, folder)
+    return folder, *run(
+        {**micro_overrides, "secure_aggregation.scheme": "ckks"}, folder
+    )
 
 
 def test_ckks_run_ends_at_plaintext_model(plaintext_run, ckks_run):
@@ -87,5 +91,7 @@ def test_paillier_run_commits(micro_overrides, tmp_path):
     assert rows[1]["bytes_per_param"] < 8
     assert set(rows[1]["seconds"]) >= {"encrypt", "sum", "decrypt"}
     assert summary["final_test_perplexity"] < summary["initial_test_perplexity"]
-    share = json.loads((tmp_path / "kits" / "node-0" / "paillier_key_share.json").read_text())
+    share = json.loads(
+        (tmp_path / "kits" / "node-0" / "paillier_key_share.json").read_text()
+    )
     assert share["share"].encode() not in (tmp_path / "ledger.db").read_bytes()

@@ -222,7 +222,10 @@ def handle_decrypt(msg: Message, context: Context) -> Message:
         # NOTE: the node cannot tell a sum from a single node's ciphertext, so a
         # server that breaks the protocol could have one update decrypted here.
         average = decrypt_ckks_average(
-            kit.ckks_context, chunks, int(request["total-weight"]), int(request["length"])
+            kit.ckks_context,
+            chunks,
+            int(request["total-weight"]),
+            int(request["length"]),
         )
         logger.info(
             "Node %d: decrypted the CKKS sum of %d replies for round %d",

@@ -53,7 +53,9 @@ class EncryptedUpdate:
         return sum(len(chunk) for chunk in self.chunks)
 
 
-def compute_commitment(scheme: str, key_fingerprint: str, chunks: Sequence[bytes]) -> str:
+def compute_commitment(
+    scheme: str, key_fingerprint: str, chunks: Sequence[bytes]
+) -> str:
     """Return the SHA-256 hex digest committing to a reply's ciphertext chunks."""
     digest = hashlib.sha256(b"linguachain/encrypted-update/v1")
     for field in (scheme.encode(), key_fingerprint.encode()):
@@ -177,7 +179,10 @@ def partial_to_records(
             "response": str(partial.proof.response),
         }
     )
-    return {PARTIAL_RECORD: chunks_to_record([values], "paillier"), DECRYPT_RECORD: header}
+    return {
+        PARTIAL_RECORD: chunks_to_record([values], "paillier"),
+        DECRYPT_RECORD: header,
+    }
 
 
 def partial_from_content(

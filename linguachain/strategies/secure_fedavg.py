@@ -238,7 +238,11 @@ class SecureAggregator(FedAvg):
         return self.cipher.add([reply.ciphertext for reply in loaded])
 
     def decrypt_sum(
-        self, server_round: int, summed: list[bytes], total_weight: int, num_replies: int
+        self,
+        server_round: int,
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
     ) -> np.ndarray:
         """Have key holders decrypt the sum; return the weighted average update."""
         if isinstance(self.cipher, CKKSAggregator):
@@ -262,7 +266,11 @@ class SecureAggregator(FedAvg):
     # Decryption protocols.
 
     def _decrypt_ckks(
-        self, server_round: int, summed: list[bytes], total_weight: int, num_replies: int
+        self,
+        server_round: int,
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
     ) -> np.ndarray:
         required = self.settings.ckks_decryptors
         committee = self._committee(required)
@@ -330,7 +338,11 @@ class SecureAggregator(FedAvg):
         return reference
 
     def _decrypt_paillier(
-        self, server_round: int, summed: list[bytes], total_weight: int, num_replies: int
+        self,
+        server_round: int,
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
     ) -> np.ndarray:
         assert isinstance(self.cipher, PaillierAggregator)
         verification_keys = self.cipher.verification_keys
@@ -355,7 +367,11 @@ class SecureAggregator(FedAvg):
             try:
                 partial = self._read_partial(reply, len(ciphertexts))
                 verify_partial_decryption(verification_keys, ciphertexts, partial)
-            except (InvalidPartialDecryptionError, InvalidCiphertextError, ValueError) as error:
+            except (
+                InvalidPartialDecryptionError,
+                InvalidCiphertextError,
+                ValueError,
+            ) as error:
                 logger.warning(
                     "Round %d: rejected the partial decryption of node %d: %s",
                     server_round,
@@ -495,7 +511,11 @@ class SecureAggregator(FedAvg):
     def _record_node_costs(self, stats: RoundStats, loaded: list[LoadedReply]) -> None:
         length = self._model_length()
         seconds = [
-            float(next(iter(r.content.metric_records.values())).get("encrypt-seconds", 0.0))
+            float(
+                next(iter(r.content.metric_records.values())).get(
+                    "encrypt-seconds", 0.0
+                )
+            )
             for r in loaded
         ]
         stats.phase_seconds["encrypt"] = float(np.mean(seconds))
