@@ -69,6 +69,34 @@ def test_nested_config_goes_through_same_schema():
         from_nested({"model": {"prest": "micro"}})
 
 
+def test_secure_aggregation_defaults_to_ckks():
+    assert load_config({}).secure_aggregation.scheme == "ckks"
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"secure_aggregation.scheme": "rsa"}, "secure_aggregation.scheme"),
+        ({"secure_aggregation.min_replies": 5}, "secure_aggregation.min_replies"),
+        (
+            {"federation.num_nodes": 1, "secure_aggregation.min_replies": 1},
+            "secure_aggregation.ckks_decryptors",
+        ),
+        ({"secure_aggregation.paillier_modulus_bits": 1023}, "paillier_modulus_bits"),
+        ({"secure_aggregation.precision_bits": 0}, "secure_aggregation.precision_bits"),
+        ({"secure_aggregation.max_payload_mb": 0.0}, "secure_aggregation.max_payload_mb"),
+    ],
+)
+def test_secure_aggregation_values_rejected(values, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(values)
+
+
+def test_one_node_runs_without_secure_aggregation():
+    config = load_config({"federation.num_nodes": 1, "secure_aggregation.scheme": "none"})
+    assert config.federation.num_nodes == 1
+
+
 @pytest.mark.parametrize("quorum", ["1/2", "3/2", "two thirds", "2/0"])
 def test_consensus_quorum_below_two_thirds_rejected(quorum):
     with pytest.raises(ConfigError) as error:

@@ -35,6 +35,7 @@ from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.consensus import ConsensusDriver, gate_strategy
 from linguachain.strategies.recording import build_strategy
+from linguachain.server_app.provisioning import prepare_kits
 from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools, split_held_out
 from linguachain.task.evaluate import evaluate
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ServerTask:
-    """Everything the server holds about the language-model task."""
+    """Server-side state of the language-model task."""
 
     tokenizer: Any
     model: torch.nn.Module
@@ -77,7 +78,7 @@ def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
         blocks = blocks[index]
     if len(blocks) == 0:
         raise ValueError(
-            f"The evaluation text holds no full {config.data.block_size}-token block;"
+            f"The evaluation text contains no full {config.data.block_size}-token block;"
             " lower data.block_size or add held-out text."
         )
 
@@ -176,7 +177,9 @@ class RoundCommitter:
                 "aggregate": stats.aggregate_seconds if stats else 0.0,
                 "evaluate": evaluate_seconds,
                 "ledger": ledger_seconds,
+                **(stats.phase_seconds if stats else {}),
             },
+            **(stats.extra if stats else {}),
         }
         if outcome is not None:
             row["consensus"] = {
@@ -228,6 +231,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     ledger_url = config.ledger.url or sqlite_url(folder.path / "ledger.db")
     ledger = Ledger(ledger_url)
 
+    config = prepare_kits(config, folder.path, grid)
     strategy = build_strategy(config)
     committer = RoundCommitter(config, task, strategy, ledger, folder)
     strategy.extra_records[TOKENIZER_RECORD] = ConfigRecord(
@@ -260,7 +264,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     if committer.consensus is not None:
         committer.consensus.finish()
     # The committer loaded every evaluated global model into task.model, so it
-    # now holds the final one (result.arrays is empty when no round aggregated).
+    # now contains the final one (result.arrays is empty when no round aggregated).
     del result
 
     samples = write_outputs(config, task, folder)

@@ -22,7 +22,9 @@ without any validator signing twice there.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -187,13 +189,18 @@ class ConsensusDriver:
         metrics: MetricRecord | None,
         replies: list[Message],
         parent: ArrayRecord | None,
+        encrypted: dict[int, str] | None = None,
     ) -> ArrayRecord | None:
-        """Run the round's consensus; return `arrays` only if its block is final."""
+        """Run the round's consensus; return `arrays` only if its block is final.
+
+        `encrypted` maps node ids to the commitments of their encrypted updates,
+        when secure aggregation summed only those.
+        """
         started = time.perf_counter()
         outcome = RoundOutcome(status="rejected")
         self._vdf_seconds = 0.0
         self._include_mempool()
-        commitments = self._commitments(replies)
+        commitments = self._commitments(replies, encrypted)
         context = self.ledger.context()
         chain_round = context.last_round + 1
         if arrays is None:
@@ -240,18 +247,28 @@ class ConsensusDriver:
         if self.grid is not None:
             self.sync(self.grid)
 
-    def _commitments(self, replies: list[Message]) -> list[dict[str, Any]]:
+    def _commitments(
+        self, replies: list[Message], encrypted: dict[int, str] | None
+    ) -> list[dict[str, Any]]:
         commitments = []
         for reply in replies:
-            if reply.has_error():
+            node_id = reply.metadata.src_node_id
+            if reply.has_error() or (encrypted is not None and node_id not in encrypted):
                 continue
-            account = self.node_accounts.get(reply.metadata.src_node_id)
+            account = self.node_accounts.get(node_id)
             metrics = next(iter(reply.content.metric_records.values()), None)
             tokens = int(metrics.get(NUM_EXAMPLES_KEY, 0)) if metrics else 0
-            if account is None or tokens <= 0 or not reply.content.array_records:
+            if account is None or tokens <= 0:
                 continue
-            arrays = next(iter(reply.content.array_records.values()))
-            update_hash = hash_weights({n: a.numpy() for n, a in arrays.items()})
+            if encrypted is not None:
+                update_hash = encrypted[node_id]
+                if not re.fullmatch("[0-9a-f]{64}", update_hash):
+                    update_hash = hashlib.sha256(update_hash.encode()).hexdigest()
+            elif reply.content.array_records:
+                arrays = next(iter(reply.content.array_records.values()))
+                update_hash = hash_weights({n: a.numpy() for n, a in arrays.items()})
+            else:
+                continue
             commitments.append(
                 {"node": account, "update_hash": update_hash, "tokens": tokens,
                  # Filled by differential privacy accounting once it exists.
@@ -435,8 +452,15 @@ class ConsensusGate:
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         if self.consensus is None:
             return arrays, metrics
+        # Secure aggregation records a commitment per summed encrypted update.
+        encrypted = getattr(self, "commitments", {}).get(server_round)
         decided = self.consensus.decide(
-            server_round, arrays, metrics, replies, getattr(self, "_parent_arrays", None)
+            server_round,
+            arrays,
+            metrics,
+            replies,
+            getattr(self, "_parent_arrays", None),
+            encrypted,
         )
         return decided, metrics
 
