@@ -44,6 +44,13 @@ def prepare_kits(config: RunConfig, run_folder: Path, grid: Grid) -> RunConfig:
     num_nodes = max(config.federation.num_nodes, len(list(grid.get_node_ids())))
     threshold = secure.threshold or default_threshold(num_nodes)
     kit_dir = run_folder / KITS_FOLDER
+    if (kit_dir / SERVER_DIR).is_dir():
+        # A restarted run (same run folder) resumes with the keys it started with.
+        logger.info("Reusing the kits provisioned in %s", kit_dir)
+        return dataclasses.replace(
+            config,
+            secure_aggregation=dataclasses.replace(secure, kit_dir=str(kit_dir)),
+        )
     provision(
         kit_dir,
         num_nodes,
