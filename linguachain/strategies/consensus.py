@@ -93,7 +93,7 @@ def consensus_params(config: RunConfig) -> ConsensusParams:
 
 
 class ConsensusDriver:
-    """Runs block consensus between the server's ledger and the nodes' copies."""
+    """Block consensus between the server's ledger and the nodes' copies."""
 
     def __init__(self, config: RunConfig, ledger: Ledger, run_path: Path) -> None:
         self.config = config
