@@ -34,6 +34,7 @@ from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
+from linguachain.task.backdoor import backdoor_prompts, backdoor_token_ids, measure_backdoor
 from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools, split_held_out
 from linguachain.task.evaluate import evaluate
@@ -110,6 +111,16 @@ class RoundCommitter:
         self.model_hash = ""
         self.history: list[dict[str, Any]] = []
         self.progress = tqdm(total=config.train.rounds, desc="rounds", unit="round")
+        # Backdoor runs measure the attack success rate on held-out prompts.
+        self.backdoor: tuple[torch.Tensor, list[int]] | None = None
+        if config.attack.kind == "backdoor":
+            trigger_ids, target_ids = backdoor_token_ids(
+                task.tokenizer, config.attack.trigger, config.attack.target
+            )
+            prompts = backdoor_prompts(
+                task.eval_blocks, trigger_ids, config.attack.backdoor_prompts
+            )
+            self.backdoor = (prompts, target_ids)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         weights = arrays_to_weights(arrays)
@@ -127,6 +138,14 @@ class RoundCommitter:
             "test_perplexity": result.perplexity,
             "test_bits_per_byte": result.bits_per_byte,
         }
+        if self.backdoor is not None:
+            probe = measure_backdoor(self.task.model, *self.backdoor)
+            metrics["backdoor_success"] = probe.success_rate
+            metrics["backdoor_token_accuracy"] = probe.token_accuracy
+        # Robustness scores and privacy spent go into the version block and the row.
+        report = getattr(self.strategy, "round_reports", {}).get(server_round)
+        if report is not None:
+            metrics.update(report.as_metrics())
         if server_round == 0:
             self.ledger.append_block(
                 "genesis",
