@@ -112,6 +112,7 @@ class AggregationConfig:
         "trimmed_mean",
         "bulyan",
         "norm_bound",
+        "fltrust",
         default="fedavg",
     )
     # FedAvgM only: server learning rate and momentum (an outer Nesterov-free

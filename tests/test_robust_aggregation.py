@@ -220,3 +220,21 @@ def test_multikrum_select_above_n_minus_f_rejected():
     }
     with pytest.raises(ConfigError, match="at most n - f = 4"):
         load_config(overrides)
+
+
+def test_fltrust_zeroes_flipped_outlier():
+    replies, direction = planted_round(5)
+    config = load_config({"aggregation.name": "fltrust", "federation.num_nodes": 6})
+    strategy = build_strategy(config)
+    strategy.reference_fn = lambda base: direction
+    base = global_weights()
+    strategy.set_global_weights(ArrayRecord(OrderedDict((k, Array(v)) for k, v in base.items())))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    update = {k: arrays[k].numpy() - base[k] for k in base}
+    report = strategy.round_reports[1]
+    assert report.scores["partition-0"] == 0.0
+    assert min(report.scores[f"partition-{i}"] for i in range(1, 6)) > 0.9
+    assert cosine(update, direction) > 0.99
+    norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in update.values()))
+    reference = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in direction.values()))
+    assert norm <= reference * (1 + 1e-4)

@@ -41,6 +41,7 @@ from linguachain.task.evaluate import evaluate
 from linguachain.task.generate import generate_text
 from linguachain.task.model import build_model, count_parameters, get_weights, set_weights
 from linguachain.task.tokenizer import build_tokenizer, serialize_tokenizer
+from linguachain.task.train import train_local
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class ServerTask:
     model: torch.nn.Module
     eval_blocks: torch.Tensor
     data_source: str
+    # Blocks of the public held-out text the tokenizer was trained on (FLTrust's
+    # root set).
+    public_blocks: torch.Tensor | None = None
 
 
 def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
@@ -92,7 +96,8 @@ def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
         config.data.block_size,
         len(blocks),
     )
-    return ServerTask(tokenizer, model, blocks, pools.source)
+    public_blocks = articles_to_blocks(tokenizer, public, config.data.block_size)
+    return ServerTask(tokenizer, model, blocks, pools.source, public_blocks)
 
 
 class RoundCommitter:
@@ -197,6 +202,27 @@ class RoundCommitter:
         return MetricRecord({"test-loss": result.loss, "test-perplexity": result.perplexity})
 
 
+def root_update_fn(config: RunConfig, task: ServerTask):  # type: ignore[no-untyped-def]
+    """Return a function that trains the global model on the public root set."""
+    if task.public_blocks is None or len(task.public_blocks) == 0:
+        raise ValueError(
+            "FLTrust needs public root-set text, but the public held-out slice holds"
+            " no full block; raise tokenizer.public_fraction or lower data.block_size."
+        )
+
+    def root_update(global_weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model = build_model(config.model, task.tokenizer, config.data.block_size)
+        set_weights(model, global_weights)
+        train_local(model, task.public_blocks, config.train, seed=config.train.seed)
+        return OrderedDict(
+            (name, p.detach().numpy() - global_weights[name])
+            for name, p in model.named_parameters()
+        )
+
+    logger.info("FLTrust root set: %d public blocks", len(task.public_blocks))
+    return root_update
+
+
 def write_outputs(config: RunConfig, task: ServerTask, folder: RunFolder) -> list[dict]:
     """Save the final model with its tokenizer and sample generations."""
     if config.output.save_model:
@@ -223,6 +249,8 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     ledger = Ledger(ledger_url)
 
     strategy = build_strategy(config)
+    if hasattr(strategy, "reference_fn"):
+        strategy.reference_fn = root_update_fn(config, task)
     committer = RoundCommitter(config, task, strategy, ledger, folder)
     strategy.extra_records[TOKENIZER_RECORD] = ConfigRecord(
         {TOKENIZER_KEY: serialize_tokenizer(task.tokenizer)}

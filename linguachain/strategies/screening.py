@@ -106,7 +106,8 @@ def minimum_updates(rule: str, num_malicious: int) -> int:
     return 1
 
 
-def _reply_weights(reply: Message) -> Weights:
+def reply_weights(reply: Message) -> Weights:
+    """Return the weights a training reply carries, by parameter name."""
     record = next(iter(reply.content.array_records.values()))
     return OrderedDict((name, array.numpy()) for name, array in record.items())
 
@@ -227,7 +228,7 @@ class UpdateScreening:
             key = node_key(reply)
             reason = ""
             try:
-                update = weights_difference(_reply_weights(reply), self._global_weights)
+                update = weights_difference(reply_weights(reply), self._global_weights)
             except (ValueError, StopIteration) as error:
                 reason = f"invalid arrays: {error}"
             else:
