@@ -441,6 +441,7 @@ def check_aggregation(config: RunConfig) -> None:
     aggregation = config.aggregation
     name, f = aggregation.name, aggregation.num_malicious
     n = expected_train_nodes(config.federation)
+
     _require(f >= 0, "aggregation.num_malicious", f, "use >= 0")
     _require(
         0.0 <= aggregation.trim_fraction < 0.5,
@@ -466,6 +467,7 @@ def check_aggregation(config: RunConfig) -> None:
         aggregation.multikrum_select,
         "use >= 0 (0 means n - f)",
     )
+
     minimum = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}
     if name in minimum and n < minimum[name]:
         rule = "n >= 4f + 3" if name == "bulyan" else "n >= 2f + 3"

@@ -15,9 +15,19 @@ from linguachain.client_app.attacks import (
     malicious_partitions,
     poison_training_blocks,
 )
-from linguachain.config import AttackConfig, ConfigError, ModelConfig, TrainConfig, load_config
+from linguachain.config import (
+    AttackConfig,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+)
 from linguachain.privacy.updates import cosine_similarity, flat_vector, update_norm
-from linguachain.task.backdoor import backdoor_prompts, backdoor_token_ids, measure_backdoor
+from linguachain.task.backdoor import (
+    backdoor_prompts,
+    backdoor_token_ids,
+    measure_backdoor,
+)
 from linguachain.task.model import build_model
 from linguachain.task.tokenizer import train_bpe_tokenizer
 from linguachain.task.train import train_local
@@ -54,7 +64,9 @@ def test_malicious_partitions_seeded_and_counted():
 
 
 def test_is_malicious_false_without_attack():
-    assert not any(is_malicious(AttackConfig(kind="none", fraction=1.0), p, 4) for p in range(4))
+    assert not any(
+        is_malicious(AttackConfig(kind="none", fraction=1.0), p, 4) for p in range(4)
+    )
     marked = [p for p in range(5) if is_malicious(attack("sign_flip"), p, 5)]
     assert marked == sorted(malicious_partitions(5, 0.4, 7))
 
@@ -86,10 +98,14 @@ def test_free_rider_zero():
 
 def test_free_rider_stale_replays_last_global_step():
     step = OrderedDict((k, v * 3) for k, v in update().items())
-    rider = attack_update(update(), attack("free_rider", free_rider_mode="stale"), 1, step)
+    rider = attack_update(
+        update(), attack("free_rider", free_rider_mode="stale"), 1, step
+    )
     for name in step:
         assert np.array_equal(rider[name], step[name])
-    first_round = attack_update(update(), attack("free_rider", free_rider_mode="stale"), 1)
+    first_round = attack_update(
+        update(), attack("free_rider", free_rider_mode="stale"), 1
+    )
     assert update_norm(first_round) == 0.0
 
 
@@ -143,7 +159,9 @@ def test_substitute_poisoning_replaces_tokens(tokenizer):
 def test_backdoor_writes_trigger_and_target(tokenizer):
     clean = blocks()
     config = attack("backdoor", poison_rate=0.25)
-    trigger_ids, target_ids = backdoor_token_ids(tokenizer, config.trigger, config.target)
+    trigger_ids, target_ids = backdoor_token_ids(
+        tokenizer, config.trigger, config.target
+    )
     phrase = trigger_ids + target_ids
     poisoned = poison_training_blocks(clean, config, tokenizer, seed=3)
 
@@ -163,7 +181,9 @@ def test_backdoor_phrase_longer_than_block_rejected(tokenizer):
 
 def test_backdoor_success_measured_on_trained_model(tokenizer):
     config = attack("backdoor", poison_rate=1.0)
-    trigger_ids, target_ids = backdoor_token_ids(tokenizer, config.trigger, config.target)
+    trigger_ids, target_ids = backdoor_token_ids(
+        tokenizer, config.trigger, config.target
+    )
     torch.manual_seed(0)
     model = build_model(ModelConfig(preset="micro"), tokenizer, 64)
     held_out = torch.randint(len(tokenizer), (8, 64))
@@ -172,7 +192,9 @@ def test_backdoor_success_measured_on_trained_model(tokenizer):
     before = measure_backdoor(model, prompts, target_ids)
     assert before.success_rate == 0.0
 
-    clean = torch.randint(len(tokenizer), (32, 64), generator=torch.Generator().manual_seed(1))
+    clean = torch.randint(
+        len(tokenizer), (32, 64), generator=torch.Generator().manual_seed(1)
+    )
     training = poison_training_blocks(clean, config, tokenizer, seed=2)
     train = TrainConfig(local_steps=150, batch_size=16, lr=2e-2)
     train_local(model, training, train, seed=0)

@@ -69,7 +69,8 @@ def test_summed_noise_std_is_sigma_times_clip():
     clip_norm, sigma, nodes = 2.0, 0.7, 8
     zero = OrderedDict([("w", np.zeros(100_000, dtype=np.float64))])
     total = sum(
-        privatize_update(zero, clip_norm, sigma, nodes, rng)[0]["w"] for _ in range(nodes)
+        privatize_update(zero, clip_norm, sigma, nodes, rng)[0]["w"]
+        for _ in range(nodes)
     )
     assert float(np.std(total)) == pytest.approx(sigma * clip_norm, rel=0.1)
 
@@ -100,12 +101,16 @@ def test_heavier_node_gets_less_privacy():
 
 
 def test_nonlinear_rule_uses_local_multiplier():
-    multipliers = effective_noise_multipliers(2.0, 4, {"a": 1.0, "b": 5.0}, linear=False)
+    multipliers = effective_noise_multipliers(
+        2.0, 4, {"a": 1.0, "b": 5.0}, linear=False
+    )
     assert multipliers == {"a": 1.0, "b": 1.0}
 
 
 def test_accounting_matches_flower_rdp_accountant():
-    accounting = PrivacyAccounting(noise_multiplier=1.2, delta=1e-5, population=4, linear=True)
+    accounting = PrivacyAccounting(
+        noise_multiplier=1.2, delta=1e-5, population=4, linear=True
+    )
     weights = {f"n{i}": 10.0 for i in range(4)}
     for _ in range(3):
         report = accounting.record_round(4, weights)

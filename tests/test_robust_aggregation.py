@@ -21,18 +21,22 @@ SHAPES = {"layer.weight": (8, 16), "layer.bias": (16,)}
 def global_weights() -> OrderedDict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return OrderedDict(
-        (name, rng.normal(0, 1, shape).astype(np.float32)) for name, shape in SHAPES.items()
+        (name, rng.normal(0, 1, shape).astype(np.float32))
+        for name, shape in SHAPES.items()
     )
 
 
 def honest_direction() -> OrderedDict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return OrderedDict(
-        (name, rng.normal(0, 0.1, shape).astype(np.float32)) for name, shape in SHAPES.items()
+        (name, rng.normal(0, 0.1, shape).astype(np.float32))
+        for name, shape in SHAPES.items()
     )
 
 
-def reply(partition: int, weights: dict[str, np.ndarray], examples: int = 100) -> Message:
+def reply(
+    partition: int, weights: dict[str, np.ndarray], examples: int = 100
+) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord(
@@ -116,7 +120,9 @@ ROBUST = [
 @pytest.mark.parametrize("overrides,num_nodes", ROBUST)
 def test_robust_rule_resists_flipped_outlier(overrides, num_nodes):
     replies, direction = planted_round(num_nodes - 1)
-    update, report = aggregate({**overrides, "federation.num_nodes": num_nodes}, replies)
+    update, report = aggregate(
+        {**overrides, "federation.num_nodes": num_nodes}, replies
+    )
     assert update is not None
     assert cosine(update, direction) > 0.5
     assert report.scores["partition-0"] == 0.0
@@ -147,7 +153,8 @@ def test_norm_bound_clips_outlier_to_bound():
 
 
 @pytest.mark.parametrize(
-    "name", ["fedavg", "fedavgm", "krum", "multikrum", "median", "trimmed_mean", "bulyan"]
+    "name",
+    ["fedavg", "fedavgm", "krum", "multikrum", "median", "trimmed_mean", "bulyan"],
 )
 def test_non_finite_update_rejected_before_aggregation(name):
     replies, direction = planted_round(7, outlier="nan")
@@ -187,7 +194,12 @@ def test_krum_round_skipped_when_too_few_updates():
 
 @pytest.mark.parametrize(
     "name,f,nodes,needed",
-    [("krum", 1, 4, 5), ("multikrum", 2, 6, 7), ("bulyan", 1, 6, 7), ("bulyan", 0, 2, 3)],
+    [
+        ("krum", 1, 4, 5),
+        ("multikrum", 2, 6, 7),
+        ("bulyan", 1, 6, 7),
+        ("bulyan", 0, 2, 3),
+    ],
 )
 def test_precondition_rejected_at_load(name, f, nodes, needed):
     overrides = {
@@ -228,13 +240,19 @@ def test_fltrust_zeroes_flipped_outlier():
     strategy = build_strategy(config)
     strategy.reference_fn = lambda base: direction
     base = global_weights()
-    strategy.set_global_weights(ArrayRecord(OrderedDict((k, Array(v)) for k, v in base.items())))
+    strategy.set_global_weights(
+        ArrayRecord(OrderedDict((k, Array(v)) for k, v in base.items()))
+    )
     arrays, _ = strategy.aggregate_train(1, replies)
     update = {k: arrays[k].numpy() - base[k] for k in base}
     report = strategy.round_reports[1]
     assert report.scores["partition-0"] == 0.0
     assert min(report.scores[f"partition-{i}"] for i in range(1, 6)) > 0.9
     assert cosine(update, direction) > 0.99
-    norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in update.values()))
-    reference = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in direction.values()))
+    norm = np.sqrt(
+        sum(float(np.sum(v.astype(np.float64) ** 2)) for v in update.values())
+    )
+    reference = np.sqrt(
+        sum(float(np.sum(v.astype(np.float64) ** 2)) for v in direction.values())
+    )
     assert norm <= reference * (1 + 1e-4)

@@ -26,7 +26,9 @@ def attacked_run(micro_overrides, tmp_path_factory):
     nested["privacy"] = {"enabled": True, "clip_norm": 0.5, "noise_multiplier": 0.05}
     folder = tmp_path_factory.mktemp("attacked")
     summary = run_job(nested, folder)
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
+    ]
     return folder, summary, rows
 
 
@@ -75,4 +77,8 @@ def test_version_blocks_carry_epsilon_and_scores(attacked_run):
     last = json.loads(versions[-1].metrics)
     assert versions[-1].model_hash == rows[-1]["model_hash"]
     assert last["privacy"]["epsilon"] == pytest.approx(rows[-1]["privacy"]["epsilon"])
-    assert sorted(last["robustness_scores"]) == ["partition-0", "partition-1", "partition-2"]
+    assert sorted(last["robustness_scores"]) == [
+        "partition-0",
+        "partition-1",
+        "partition-2",
+    ]

@@ -151,8 +151,10 @@ def _finish_update(
     global_weights = arrays_to_weights(msg.content["arrays"])
     update = weights_difference(weights, global_weights)
     if config.privacy.enabled:
-        sampled = int(msg.content["config"].get(SAMPLED_NODES_KEY, config.federation.num_nodes))
-        # Fresh operating-system entropy: noise the server could predict protects nothing.
+        round_config = msg.content["config"]
+        sampled = int(round_config.get(SAMPLED_NODES_KEY, config.federation.num_nodes))
+        # Fresh operating-system entropy, because noise the server could predict
+        # protects nothing.
         update, _ = privatize_update(
             update,
             config.privacy.clip_norm,
@@ -166,7 +168,8 @@ def _finish_update(
             previous = arrays_to_weights(context.state[LAST_GLOBAL_RECORD])
             last_step = weights_difference(global_weights, previous)
         context.state[LAST_GLOBAL_RECORD] = weights_to_arrays(global_weights)
-        update = attack_update(update, config.attack, config.attack.seed + seed, last_step)
+        attack_seed = config.attack.seed + seed
+        update = attack_update(update, config.attack, attack_seed, last_step)
     return add_update(global_weights, update)
 
 

@@ -124,10 +124,14 @@ class PrivacyAccounting:
             model.compose(self._event(multiplier))  # type: ignore[attr-defined]
             server.compose(self._event(local))  # type: ignore[attr-defined]
             budget.epsilon = model.get_epsilon(self.delta)  # type: ignore[attr-defined]
-            budget.epsilon_vs_server = server.get_epsilon(self.delta)  # type: ignore[attr-defined]
+            budget.epsilon_vs_server = server.get_epsilon(  # type: ignore[attr-defined]
+                self.delta
+            )
 
         worst = max((b.epsilon for b in self.budgets.values()), default=0.0)
-        worst_server = max((b.epsilon_vs_server for b in self.budgets.values()), default=0.0)
+        worst_server = max(
+            (b.epsilon_vs_server for b in self.budgets.values()), default=0.0
+        )
         return {
             "epsilon": worst,
             "epsilon_vs_server": worst_server,

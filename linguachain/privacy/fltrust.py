@@ -18,7 +18,8 @@ Here the nodes' updates stay encrypted under the `scoring` CKKS parameter set
   committee, receives the decrypted scalars, computes the trust weights, and
   forms Enc(sum_i w_i u_i) homomorphically. It learns r (its own), and for every
   node the inner product <u_i, r> and the norm |u_i|, hence cos(u_i, r) and the
-  trust score; it never sees an update coordinate. It learns the aggregate.
+  trust score. It never receives an update coordinate in plaintext. It learns
+  the aggregate.
 - key committee (secret context): decrypts only the 2 scalars per node and the
   one aggregate. It learns the same scalars and the aggregate, and no update.
 
@@ -103,7 +104,7 @@ def encrypted_scores(
         vector = _load(public_context, chunk, index)
         if vector.size() != plain.size:
             raise InvalidCiphertextError(
-                f"chunk {index} holds {vector.size()} values, expected {plain.size}"
+                f"chunk {index} contains {vector.size()} values, expected {plain.size}"
             )
         # dot() multiplies slot-wise, rescales once and sums the slots by rotation.
         partial_product = vector.dot(plain.tolist())
@@ -124,7 +125,8 @@ def decrypt_scores(
     """Decrypt only the (inner product, squared norm) scalars, on the key committee."""
     if not secret_context.is_private():
         raise ValueError(
-            "the context has no secret key; decrypt scores on a node of the key committee"
+            "the context has no secret key; decrypt scores on a node of the key"
+            " committee"
         )
     scalars = []
     for index, score in enumerate(scores):
@@ -178,7 +180,9 @@ def weighted_sum(
         )
     totals: list[ts.CKKSVector] | None = None
     for chunks, weight in zip(chunk_lists, weights, strict=True):
-        scaled = [_load(public_context, c, i) * float(weight) for i, c in enumerate(chunks)]
+        scaled = [
+            _load(public_context, c, i) * float(weight) for i, c in enumerate(chunks)
+        ]
         if totals is None:
             totals = scaled
             continue
@@ -213,9 +217,11 @@ def fltrust_aggregate(
     chunk_lists: Sequence[Sequence[bytes]],
     reference: np.ndarray,
 ) -> tuple[np.ndarray, TrustWeights]:
-    """Run one FLTrust round over encrypted updates; the secret context stands for the committee."""
+    """Run one FLTrust round over encrypted updates, the secret context as committee."""
     reference = np.asarray(reference, dtype=np.float64)
-    scores = [encrypted_scores(public_context, chunks, reference) for chunks in chunk_lists]
+    scores = [
+        encrypted_scores(public_context, chunks, reference) for chunks in chunk_lists
+    ]
     scalars = decrypt_scores(secret_context, scores)
     weights = trust_weights(scalars, float(np.linalg.norm(reference)))
     logger.info(

@@ -36,7 +36,9 @@ def weights_difference(
     return difference
 
 
-def add_update(base: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]) -> Weights:
+def add_update(
+    base: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
+) -> Weights:
     """Return base weights plus an update, in the base weights' dtype."""
     return OrderedDict(
         (name, (np.asarray(value) + update[name]).astype(np.asarray(value).dtype))
@@ -63,8 +65,10 @@ def scale_update(update: Mapping[str, np.ndarray], factor: float) -> Weights:
     )
 
 
-def clip_update(update: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, float]:
-    """Scale the update down to L2 norm `bound` if it is longer; return it and its old norm."""
+def clip_update(
+    update: Mapping[str, np.ndarray], bound: float
+) -> tuple[Weights, float]:
+    """Scale the update down to L2 norm `bound`; return it and its norm before."""
     norm = update_norm(update)
     factor = min(1.0, bound / norm) if norm > 0 else 1.0
     return scale_update(update, factor), norm
@@ -74,7 +78,9 @@ def flat_vector(update: Mapping[str, np.ndarray]) -> np.ndarray:
     """Concatenate the arrays of an update into one float64 vector."""
     if not update:
         return np.zeros(0, dtype=np.float64)
-    return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in update.values()])
+    return np.concatenate(
+        [np.asarray(v, dtype=np.float64).ravel() for v in update.values()]
+    )
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -34,7 +34,11 @@ from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
-from linguachain.task.backdoor import backdoor_prompts, backdoor_token_ids, measure_backdoor
+from linguachain.task.backdoor import (
+    backdoor_prompts,
+    backdoor_token_ids,
+    measure_backdoor,
+)
 from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools, split_held_out
 from linguachain.task.evaluate import evaluate
@@ -206,7 +210,7 @@ def root_update_fn(config: RunConfig, task: ServerTask):  # type: ignore[no-unty
     """Return a function that trains the global model on the public root set."""
     if task.public_blocks is None or len(task.public_blocks) == 0:
         raise ValueError(
-            "FLTrust needs public root-set text, but the public held-out slice holds"
+            "FLTrust needs public root-set text, but the public held-out slice contains"
             " no full block; raise tokenizer.public_fraction or lower data.block_size."
         )
 

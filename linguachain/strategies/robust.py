@@ -98,7 +98,8 @@ def build_robust_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
         strategy = LinguaChainFLTrust(**common)
     else:
         raise ValueError(
-            f"Unknown robust aggregation rule {name!r}; use one of {sorted(ROBUST_RULES)}."
+            f"Unknown robust aggregation rule {name!r}; use one of"
+            f" {sorted(ROBUST_RULES)}."
         )
     return strategy
 
@@ -128,15 +129,21 @@ class FLTrustAvg(FedAvg):
                 "FLTrust needs the server's root-set update: set reference_fn and"
                 " run configure_train before aggregate_train."
             )
+        # NOTE: replies carry plaintext weights here. On the CKKS path the scalars
+        # below come from privacy.fltrust.encrypted_scores and decrypt_scores, and
+        # the sum from weighted_sum; that wiring waits for the secure-aggregation
+        # strategy.
         reference = flat_vector(self.reference_fn(base))
         reference_norm = float(np.linalg.norm(reference))
         vectors = [
-            flat_vector(weights_difference(reply_weights(reply), base)) for reply in replies
+            flat_vector(weights_difference(reply_weights(reply), base))
+            for reply in replies
         ]
         scalars = [(float(v @ reference), float(v @ v)) for v in vectors]
         outcome = trust_weights(scalars, reference_norm)
         self.trust[server_round] = {
-            node_key(reply): score for reply, score in zip(replies, outcome.trust, strict=True)
+            node_key(reply): score
+            for reply, score in zip(replies, outcome.trust, strict=True)
         }
         logger.info(
             "Round %d: FLTrust trust scores %s (reference norm %.4g)",

@@ -4,16 +4,16 @@ Nodes reply with full weights on the plaintext path, so `UpdateScreening` keeps
 the global model it sent and works on updates (reply minus global weights). Per
 round it:
 
-1. rejects, before any aggregation rule sorts or averages, an update with NaN or
-   infinite values, arrays that do not match the model, or an L2 norm above
-   `aggregation.max_update_norm`; the round goes on without it;
+1. rejects an update with NaN or infinite values, arrays that do not match the
+   model, or an L2 norm above `aggregation.max_update_norm`. This runs before any
+   rule sorts or averages, and the round goes on without the rejected update.
 2. checks the rule's precondition on the number of updates left (n >= 2f + 3
    for Krum and MultiKrum, n >= 4f + 3 for Bulyan) and keeps the old global
-   model when it fails;
-3. clips every update to the round's bound for the `norm_bound` rule;
+   model when it fails.
+3. clips every update to the round's bound for the `norm_bound` rule.
 4. after the base rule aggregated, scores each node: ReLU of the cosine between
    its update and the aggregated update (0 for a rejected node or a zero
-   update);
+   update).
 5. composes the round's differential privacy release in the accountant.
 
 Scores and privacy spent are kept in `round_reports` for metrics and the ledger.
@@ -81,7 +81,7 @@ class RoundReport:
 
 
 def _finite_or_none(value: Any) -> Any:
-    """Replace non-finite floats (an infinite epsilon) by None, as canonical JSON needs."""
+    """Replace non-finite floats (an infinite epsilon) by None for canonical JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -118,7 +118,7 @@ def _num_examples(reply: Message) -> float:
 
 
 class UpdateScreening:
-    """Mixin placed between RoundRecorder and a Flower strategy; see the module docstring."""
+    """Mixin between RoundRecorder and a Flower strategy; see the module docstring."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -161,7 +161,8 @@ class UpdateScreening:
     ) -> Iterable[Message]:
         """Keep the global weights and tell each node how many nodes share the noise."""
         self.set_global_weights(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        parent = super().configure_train  # type: ignore[misc]
+        messages = list(parent(server_round, arrays, config, grid))
         self._sampled[server_round] = len(messages)
         for message in messages:
             message.content["config"][SAMPLED_NODES_KEY] = len(messages)
@@ -178,35 +179,43 @@ class UpdateScreening:
             )
         report = RoundReport()
         self.round_reports[server_round] = report
-        kept, updates = self._screen(server_round, list(replies), report)
+        accepted_replies, updates = self._screen(server_round, list(replies), report)
 
         required = minimum_updates(self.rule_name, self.num_malicious)
-        if len(kept) < required:
+        if len(accepted_replies) < required:
             report.skipped = (
                 f"{self.rule_name} with f={self.num_malicious} needs {required} valid"
-                f" updates, got {len(kept)}"
+                f" updates, got {len(accepted_replies)}"
             )
             logger.warning(
-                "Round %d: %s; the global model is unchanged", server_round, report.skipped
+                "Round %d: %s; the global model is unchanged",
+                server_round,
+                report.skipped,
             )
             return None, None
-        if self.trim_fraction is not None and int(self.trim_fraction * len(kept)) == 0:
+        if (
+            self.trim_fraction is not None
+            and int(self.trim_fraction * len(accepted_replies)) == 0
+        ):
             logger.warning(
                 "Round %d: trim_fraction %.3f trims nothing from %d updates; the"
                 " trimmed mean is the plain mean this round",
                 server_round,
                 self.trim_fraction,
-                len(kept),
+                len(accepted_replies),
             )
         if self.norm_bound is not None:
-            self._bound_norms(server_round, kept, updates, report)
+            self._bound_norms(server_round, accepted_replies, updates, report)
 
-        arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
+        base_rule = super().aggregate_train  # type: ignore[misc]
+        arrays, metrics = base_rule(server_round, accepted_replies)
         if arrays is not None:
             self._score(arrays, updates, report)
         if self.privacy is not None and arrays is not None:
-            weights = {node_key(reply): _num_examples(reply) for reply in kept}
-            noisy = self._sampled.get(server_round, len(kept))
+            weights = {
+                node_key(reply): _num_examples(reply) for reply in accepted_replies
+            }
+            noisy = self._sampled.get(server_round, len(accepted_replies))
             report.privacy = self.privacy.record_round(noisy, weights)
             logger.info(
                 "Round %d: differential privacy spent so far epsilon=%.3f"
@@ -222,7 +231,7 @@ class UpdateScreening:
         self, server_round: int, replies: list[Message], report: RoundReport
     ) -> tuple[list[Message], dict[str, Weights]]:
         """Reject non-finite, mismatched and oversized updates before aggregation."""
-        kept: list[Message] = []
+        accepted_replies: list[Message] = []
         updates: dict[str, Weights] = {}
         for reply in replies:
             key = node_key(reply)
@@ -239,37 +248,42 @@ class UpdateScreening:
                     report.norms[key] = norm
                     if self.max_update_norm and norm > self.max_update_norm:
                         reason = (
-                            f"update norm {norm:.4g} exceeds aggregation.max_update_norm"
+                            f"update norm {norm:.4g} exceeds"
+                            " aggregation.max_update_norm"
                             f" {self.max_update_norm:.4g}"
                         )
             if reason:
                 report.rejected[key] = reason
                 report.scores[key] = 0.0
-                logger.warning("Round %d: rejected the update of %s: %s", server_round, key, reason)
+                logger.warning(
+                    "Round %d: rejected the update of %s: %s", server_round, key, reason
+                )
                 continue
-            kept.append(reply)
+            accepted_replies.append(reply)
             updates[key] = update
             report.accepted.append(key)
 
         stats = getattr(self, "round_stats", {}).get(server_round)
         if stats is not None and report.rejected:
-            stats.replies = len(kept)
-            stats.num_examples = int(sum(_num_examples(reply) for reply in kept))
-        return kept, updates
+            stats.replies = len(accepted_replies)
+            stats.num_examples = int(
+                sum(_num_examples(reply) for reply in accepted_replies)
+            )
+        return accepted_replies, updates
 
     def _bound_norms(
         self,
         server_round: int,
-        kept: list[Message],
+        accepted_replies: list[Message],
         updates: dict[str, Weights],
         report: RoundReport,
     ) -> None:
         """Clip each update to the bound and write the clipped weights back."""
-        norms = [report.norms[node_key(reply)] for reply in kept]
+        norms = [report.norms[node_key(reply)] for reply in accepted_replies]
         bound = self.norm_bound or statistics.median(norms)
         report.norm_bound = bound
         clipped = 0
-        for reply in kept:
+        for reply in accepted_replies:
             key = node_key(reply)
             if report.norms[key] <= bound:
                 continue
@@ -284,7 +298,7 @@ class UpdateScreening:
             "Round %d: clipped %d of %d updates to norm %.4g",
             server_round,
             clipped,
-            len(kept),
+            len(accepted_replies),
             bound,
         )
 
@@ -296,5 +310,10 @@ class UpdateScreening:
             self._global_weights,
         )
         direction = flat_vector(aggregate)
+        # NOTE: the scores only reach metrics and the version block's metrics.
+        # Scaling rewards by them and slashing stake after repeated zero scores
+        # belong to the ledger's data blocks, which do not exist yet.
         for key, update in updates.items():
-            report.scores[key] = max(0.0, cosine_similarity(flat_vector(update), direction))
+            report.scores[key] = max(
+                0.0, cosine_similarity(flat_vector(update), direction)
+            )

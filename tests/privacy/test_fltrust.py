@@ -39,7 +39,9 @@ def plaintext_fltrust(reference, updates):
     cosines = [u @ reference / (np.linalg.norm(u) * norm_r) for u in updates]
     trust = [max(0.0, c) for c in cosines]
     total = sum(trust)
-    aggregate = sum(t * norm_r / np.linalg.norm(u) * u for t, u in zip(trust, updates)) / total
+    aggregate = (
+        sum(t * norm_r / np.linalg.norm(u) * u for t, u in zip(trust, updates)) / total
+    )
     return cosines, trust, aggregate
 
 
@@ -50,7 +52,10 @@ def encrypt(public, updates):
 def test_scores_match_plaintext(contexts, round_updates):
     secret, public = contexts
     reference, updates = round_updates
-    scores = [encrypted_scores(public, chunks, reference) for chunks in encrypt(public, updates)]
+    scores = [
+        encrypted_scores(public, chunks, reference)
+        for chunks in encrypt(public, updates)
+    ]
     scalars = decrypt_scores(secret, scores)
     for (inner, square), update in zip(scalars, updates):
         assert inner == pytest.approx(update @ reference, rel=1e-3, abs=1e-5)
@@ -60,7 +65,9 @@ def test_scores_match_plaintext(contexts, round_updates):
 def test_trust_and_aggregate_match_plaintext(contexts, round_updates):
     secret, public = contexts
     reference, updates = round_updates
-    aggregate, weights = fltrust_aggregate(public, secret, encrypt(public, updates), reference)
+    aggregate, weights = fltrust_aggregate(
+        public, secret, encrypt(public, updates), reference
+    )
     cosines, trust, expected = plaintext_fltrust(reference, updates)
     assert weights.cosines == pytest.approx(cosines, abs=1e-4)
     assert weights.trust == pytest.approx(trust, abs=1e-4)
@@ -78,7 +85,9 @@ def test_flipped_update_gets_zero_trust(contexts, round_updates):
 def test_scaled_update_rescaled_to_reference_norm(contexts, round_updates):
     secret, public = contexts
     reference, updates = round_updates
-    aggregate, weights = fltrust_aggregate(public, secret, encrypt(public, updates), reference)
+    aggregate, weights = fltrust_aggregate(
+        public, secret, encrypt(public, updates), reference
+    )
     # Every update enters with norm |r|, so the aggregate is no longer than |r|.
     assert np.linalg.norm(aggregate) <= np.linalg.norm(reference) * (1 + 1e-6)
     assert weights.norms[4] == pytest.approx(np.linalg.norm(updates[4]), rel=1e-5)
