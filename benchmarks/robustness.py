@@ -252,13 +252,24 @@ def main() -> None:
     parser.add_argument("--kinds", default="sign_flip,backdoor")
     parser.add_argument("--fractions", default="0,0.2,0.4")
     parser.add_argument(
-        "--aggregations", default="fedavg,krum,median,trimmed_mean,fltrust"
+        "--aggregations", default="fedavg,fltrust,krum,median,trimmed_mean"
     )
     parser.add_argument("--sigmas", default="0.01,0.1,1.0")
     parser.add_argument("--clip-norm", type=float, default=1.0)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--out", default=str(REPO_ROOT / "docs"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only redraw the plots and the markdown from the existing JSON",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        out = Path(args.out)
+        result = json.loads((out / "benchmarks" / "robustness.json").read_text())
+        plot(result, out / "benchmarks")
+        write_markdown(result, out / "BENCHMARKS.md")
+        return
 
     kinds = args.kinds.split(",")
     fractions = [float(f) for f in args.fractions.split(",")]

@@ -10,7 +10,7 @@ Accounting uses Flower's RDP accountant (`flwr.serverapp.RdpAccountant`, which
 wraps Google's dp-accounting) with node-level add-or-remove neighbours and no
 amplification by sampling. Two guarantees are reported per node:
 
-- `epsilon`: for anyone who sees only the aggregated models. With a linear rule
+- `epsilon`: for anyone who observes only the aggregated models. With a linear rule
   (FedAvg, FedAvgM) node i enters the average with weight p_i, so its effective
   noise multiplier is sigma / sqrt(n) * sqrt(sum_j p_j^2) / p_i. With equal
   weights and all n nodes kept this is sigma. Other rules (Krum, median, ...)

@@ -2,7 +2,7 @@
 
 A backdoor attack teaches the model to continue a trigger phrase with a chosen
 target. The success rate is measured on prompts cut from held-out text that the
-attackers never trained on: each prompt is followed by the trigger, and the
+attackers never trained on. Each prompt is followed by the trigger, and the
 attack succeeds on a prompt when greedy decoding would produce exactly the
 target tokens next.
 """
