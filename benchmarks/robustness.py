@@ -47,6 +47,7 @@ def base_overrides(args: argparse.Namespace) -> dict:
         "federation.num_nodes": args.nodes,
         "federation.fraction_evaluate": 0.0,
         "attack.backdoor_prompts": args.backdoor_prompts,
+        "attack.poison_rate": args.poison_rate,
         "output.save_model": False,
         "output.max_new_tokens": 4,
         "output.prompts": "The history of",
@@ -128,7 +129,7 @@ def plot(result: dict, out: Path) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out / "robustness.png", dpi=100)
+    figure.savefig(out / f"{result['name']}.png", dpi=100)
     plt.close(figure)
 
     curve = [p for p in result["privacy_curve"] if p["epsilon"] is not None]
@@ -152,7 +153,7 @@ def plot(result: dict, out: Path) -> None:
         axis.set_title("Privacy-utility curve (FedAvg, node-level DP)")
         axis.grid(True, which="both", alpha=0.3)
         figure.tight_layout()
-        figure.savefig(out / "privacy_utility.png", dpi=100)
+        figure.savefig(out / f"{result['name']}_privacy_utility.png", dpi=100)
         plt.close(figure)
 
 
@@ -162,10 +163,16 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def section_title(name: str) -> str:
+    """Return the BENCHMARKS.md heading of a benchmark run named `name`."""
+    return SECTION_TITLE if name == "robustness" else f"{SECTION_TITLE}: {name}"
+
+
 def write_markdown(result: dict, path: Path) -> None:
     setup = result["setup"]
+    title = section_title(result["name"])
     lines = [
-        SECTION_TITLE,
+        title,
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}",
@@ -173,25 +180,36 @@ def write_markdown(result: dict, path: Path) -> None:
         f"Preset `{setup['preset']}`, {setup['nodes']} nodes x {setup['rounds']} rounds x"
         f" {setup['local_steps']} local steps, batch {setup['batch_size']}; held-out"
         f" perplexity on {setup['eval_blocks']} blocks of the WikiText-2 test split;"
-        f" backdoor success on {setup['backdoor_prompts']} held-out prompts. Attack kinds"
+        f" backdoor success on {setup['backdoor_prompts']} held-out prompts, poison"
+        f" rate {setup.get('poison_rate', 0.5)}. Attack kinds"
         f" run: {', '.join(setup['kinds'])} (the others are covered by tests, not"
         " measured here). Krum tolerates f = (n - 3) / 2 attackers; the trimmed mean"
         " cuts 20% per tail. Fraction-0 rows of one rule share one clean run.",
         "",
-        "| attack | fraction | aggregation | final perplexity | vs clean | backdoor success"
-        " | attacker score | honest score |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| attack | fraction | aggregation | final perplexity | vs clean | vs clean"
+        " FedAvg | backdoor success | attacker score | honest score |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    fedavg_clean = next(
+        (
+            row["final_perplexity"]
+            for row in result["rows"]
+            if row["aggregation"] == "fedavg" and row["fraction"] == 0
+        ),
+        None,
+    )
     for row in result["rows"]:
+        to_fedavg = row["final_perplexity"] / fedavg_clean if fedavg_clean else None
         lines.append(
             f"| {row['attack']} | {row['fraction']} | {row['aggregation']} |"
             f" {fmt(row['final_perplexity'])} | {fmt(row['ratio_to_clean'], 3)} |"
+            f" {fmt(to_fedavg, 3)} |"
             f" {fmt(row['backdoor_success'], 3)} | {fmt(row['attacker_score'], 3)} |"
             f" {fmt(row['honest_score'], 3)} |"
         )
     lines += [
         "",
-        "![perplexity under attack](benchmarks/robustness.png)",
+        f"![perplexity under attack](benchmarks/{result['name']}.png)",
         "",
         f"Privacy-utility curve: FedAvg, no attack, clip norm C = {setup['clip_norm']},"
         f" delta = {setup['delta']}. Epsilon is for the released models (node-level,"
@@ -205,12 +223,15 @@ def write_markdown(result: dict, path: Path) -> None:
             f"| {point['noise_multiplier']} | {fmt(point['epsilon'], 2)} |"
             f" {fmt(point['epsilon_vs_server'], 2)} | {fmt(point['final_perplexity'])} |"
         )
-    lines += ["", "![privacy-utility curve](benchmarks/privacy_utility.png)", ""]
+    image = f"benchmarks/{result['name']}_privacy_utility.png"
+    if result["privacy_curve"]:
+        lines += ["", f"![privacy-utility curve]({image})"]
+    lines += [""]
     lines += [result["discussion"], ""]
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION_TITLE)
+    start = text.find(title + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(SECTION_TITLE))
+        end = text.find("\n## ", start + len(title))
         text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
     path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
 
@@ -232,7 +253,7 @@ def discuss(result: dict) -> str:
         ]
         sentences.append(
             f"{kind} at {max(result['setup']['fractions']):.0%} attackers: within 5% of"
-            f" the clean run with {', '.join(within) if within else 'no rule'}."
+            f" the rule's own clean run with {', '.join(within) if within else 'no rule'}."
         )
     return " ".join(sentences)
 
@@ -257,6 +278,12 @@ def main() -> None:
     parser.add_argument("--sigmas", default="0.01,0.1,1.0")
     parser.add_argument("--clip-norm", type=float, default=1.0)
     parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--poison-rate", type=float, default=0.5)
+    parser.add_argument(
+        "--name",
+        default="robustness",
+        help="file stem of the JSON and plots, and suffix of the section title",
+    )
     parser.add_argument("--out", default=str(REPO_ROOT / "docs"))
     parser.add_argument(
         "--report-only",
@@ -266,7 +293,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         out = Path(args.out)
-        result = json.loads((out / "benchmarks" / "robustness.json").read_text())
+        path = out / "benchmarks" / f"{args.name}.json"
+        result = json.loads(path.read_text())
+        result.setdefault("name", args.name)
         plot(result, out / "benchmarks")
         write_markdown(result, out / "BENCHMARKS.md")
         return
@@ -279,6 +308,7 @@ def main() -> None:
     out = Path(args.out)
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     result: dict = {
+        "name": args.name,
         "rows": [],
         "privacy_curve": [],
         "setup": {
@@ -289,6 +319,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "eval_blocks": args.eval_blocks,
             "backdoor_prompts": args.backdoor_prompts,
+            "poison_rate": args.poison_rate,
             "kinds": kinds,
             "fractions": fractions,
             "aggregations": rules,
@@ -303,7 +334,7 @@ def main() -> None:
 
     def save() -> None:
         result["discussion"] = discuss(result)
-        (out / "benchmarks" / "robustness.json").write_text(
+        (out / "benchmarks" / f"{args.name}.json").write_text(
             json.dumps(result, indent=2) + "\n"
         )
 
@@ -353,7 +384,7 @@ def main() -> None:
                 )
                 save()
 
-    for sigma in [float(s) for s in args.sigmas.split(",")]:
+    for sigma in [float(s) for s in args.sigmas.split(",") if s]:
         overrides = {
             **base,
             "privacy.enabled": True,
