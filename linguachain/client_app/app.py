@@ -28,10 +28,10 @@ from linguachain.client_app.node_data import NodeData, load_node_data
 from linguachain.logs import configure_logging
 from linguachain.privacy.dp import privatize_update
 from linguachain.privacy.updates import add_update, weights_difference
+from linguachain.strategies.screening import PARTITION_ID_KEY, SAMPLED_NODES_KEY
 from linguachain.task.evaluate import evaluate
 from linguachain.task.model import build_model, set_weights
 from linguachain.task.tokenizer import wrap_tokenizer
-from linguachain.strategies.screening import PARTITION_ID_KEY, SAMPLED_NODES_KEY
 from linguachain.task.train import TrainResult, train_local
 
 logger = logging.getLogger(__name__)

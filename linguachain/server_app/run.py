@@ -210,8 +210,9 @@ def root_update_fn(config: RunConfig, task: ServerTask):  # type: ignore[no-unty
     """Return a function that trains the global model on the public root set."""
     if task.public_blocks is None or len(task.public_blocks) == 0:
         raise ValueError(
-            "FLTrust needs public root-set text, but the public held-out slice contains"
-            " no full block; raise tokenizer.public_fraction or lower data.block_size."
+            "FLTrust needs public root-set text, but the public held-out slice"
+            " contains no full block; raise tokenizer.public_fraction or lower"
+            " data.block_size."
         )
 
     def root_update(global_weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
