@@ -46,6 +46,7 @@ def base_overrides(args: argparse.Namespace) -> dict:
         "train.batch_size": args.batch_size,
         "federation.num_nodes": args.nodes,
         "federation.fraction_evaluate": 0.0,
+        "secure_aggregation.scheme": "none",
         "attack.backdoor_prompts": args.backdoor_prompts,
         "attack.poison_rate": args.poison_rate,
         "output.save_model": False,

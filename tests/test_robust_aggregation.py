@@ -89,8 +89,11 @@ def cosine(a: dict, b: dict) -> float:
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
 
+PLAINTEXT = {"secure_aggregation.scheme": "none"}
+
+
 def aggregate(overrides: dict, replies: list[Message]):
-    config = load_config(overrides)
+    config = load_config({**PLAINTEXT, **overrides})
     strategy = build_strategy(config)
     base = global_weights()
     arrays = ArrayRecord(OrderedDict((k, Array(v)) for k, v in base.items()))
@@ -208,7 +211,7 @@ def test_precondition_rejected_at_load(name, f, nodes, needed):
         "federation.num_nodes": nodes,
     }
     with pytest.raises(ConfigError, match=f"= {needed} nodes per round"):
-        load_config(overrides)
+        load_config({**PLAINTEXT, **overrides})
     assert minimum_updates(name, f) == needed
 
 
@@ -219,7 +222,7 @@ def test_trim_fraction_that_trims_nothing_warns(caplog):
         "federation.num_nodes": 5,
     }
     with caplog.at_level(logging.WARNING, logger="linguachain.config"):
-        load_config(overrides)
+        load_config({**PLAINTEXT, **overrides})
     assert "trims nothing" in caplog.text
 
 
@@ -231,12 +234,21 @@ def test_multikrum_select_above_n_minus_f_rejected():
         "federation.num_nodes": 5,
     }
     with pytest.raises(ConfigError, match="at most n - f = 4"):
+        load_config({**PLAINTEXT, **overrides})
+
+
+@pytest.mark.parametrize("name", ["krum", "median", "fltrust"])
+def test_robust_rule_rejected_with_encryption(name):
+    overrides = {"aggregation.name": name, "secure_aggregation.scheme": "ckks"}
+    with pytest.raises(ConfigError, match="runs on plaintext updates"):
         load_config(overrides)
 
 
 def test_fltrust_zeroes_flipped_outlier():
     replies, direction = planted_round(5)
-    config = load_config({"aggregation.name": "fltrust", "federation.num_nodes": 6})
+    config = load_config(
+        {**PLAINTEXT, "aggregation.name": "fltrust", "federation.num_nodes": 6}
+    )
     strategy = build_strategy(config)
     strategy.reference_fn = lambda base: direction
     base = global_weights()

@@ -23,6 +23,7 @@ def attacked_run(micro_overrides, tmp_path_factory):
     nested["output"].update({"save_model": False})
     nested["attack"] = {"kind": "backdoor", "fraction": 0.34, "backdoor_prompts": 8}
     nested["aggregation"] = {"name": "median"}
+    nested["secure_aggregation"] = {"scheme": "none"}
     nested["privacy"] = {"enabled": True, "clip_norm": 0.5, "noise_multiplier": 0.05}
     folder = tmp_path_factory.mktemp("attacked")
     summary = run_job(nested, folder)

@@ -34,6 +34,7 @@ from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
+from linguachain.server_app.provisioning import prepare_kits
 from linguachain.task.backdoor import (
     backdoor_prompts,
     backdoor_token_ids,
@@ -186,7 +187,9 @@ class RoundCommitter:
                 "aggregate": stats.aggregate_seconds if stats else 0.0,
                 "evaluate": evaluate_seconds,
                 "ledger": ledger_seconds,
+                **(stats.phase_seconds if stats else {}),
             },
+            **(stats.extra if stats else {}),
         }
         self.folder.append_metrics(row)
         self.history.append(row)
@@ -253,6 +256,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     ledger_url = config.ledger.url or sqlite_url(folder.path / "ledger.db")
     ledger = Ledger(ledger_url)
 
+    config = prepare_kits(config, folder.path, grid)
     strategy = build_strategy(config)
     if hasattr(strategy, "reference_fn"):
         strategy.reference_fn = root_update_fn(config, task)
