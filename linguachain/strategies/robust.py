@@ -129,10 +129,11 @@ class FLTrustAvg(FedAvg):
                 "FLTrust needs the server's root-set update: set reference_fn and"
                 " run configure_train before aggregate_train."
             )
-        # NOTE: replies carry plaintext weights here. On the CKKS path the scalars
-        # below come from privacy.fltrust.encrypted_scores and decrypt_scores, and
-        # the sum from weighted_sum; that wiring waits for the secure-aggregation
-        # strategy.
+        # NOTE: replies carry plaintext weights here. On the CKKS path (with
+        # ckks_parameters=scoring) privacy.fltrust computes the same scalars and
+        # sum; the token weight in each ciphertext cancels out. Not wired yet: a
+        # committee query that decrypts the score ciphertexts, which are below the
+        # first level that SecureAggregator's decryption accepts.
         reference = flat_vector(self.reference_fn(base))
         reference_norm = float(np.linalg.norm(reference))
         vectors = [
