@@ -1,4 +1,4 @@
-"""The `linguachain` command line: local SuperLink, ledger and generation."""
+"""The `linguachain` command line: local SuperLink, ledger, reports, generation."""
 
 from __future__ import annotations
 
@@ -84,6 +84,21 @@ def ledger_verify(db: str = typer.Option(..., help="Ledger SQLite file or databa
     typer.echo(str(report))
     if not report.valid:
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    run: Path = typer.Option(..., help="Run folder (results/<run-id>/) to report on."),
+) -> None:
+    """Rebuild a run's self-contained report.html from its folder."""
+    from linguachain.server_app.report import write_report
+
+    try:
+        path = write_report(run)
+    except FileNotFoundError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(str(path))
 
 
 @app.command()
