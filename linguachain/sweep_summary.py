@@ -111,7 +111,9 @@ def read_job(folder: Path) -> JobResult:
             if line.strip():
                 row = json.loads(line)
                 if row.get("test_perplexity") is not None:
-                    job.perplexity.append((int(row["round"]), float(row["test_perplexity"])))
+                    job.perplexity.append(
+                        (int(row["round"]), float(row["test_perplexity"]))
+                    )
     return job
 
 

@@ -66,7 +66,10 @@ def finished_run(micro_overrides, tmp_path_factory) -> Path:
 
 
 def headings(html: str) -> list[str]:
-    return [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<h2[^>]*>(.*?)</h2>", html)]
+    return [
+        re.sub(r"<[^>]+>", "", h).strip()
+        for h in re.findall(r"<h2[^>]*>(.*?)</h2>", html)
+    ]
 
 
 def section_text(html: str, heading: str) -> str:
@@ -79,7 +82,9 @@ def section_text(html: str, heading: str) -> str:
 def chromium(*arguments: str, tmp_path: Path) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
-        pytest.skip("chromium is not installed: apt-get install -y chromium (see .ci/run)")
+        pytest.skip(
+            "chromium is not installed: apt-get install -y chromium (see .ci/run)"
+        )
     profile = tmp_path / "chromium-profile"
     return subprocess.run(
         [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *arguments],
@@ -118,8 +123,11 @@ def test_report_shows_chain_and_generation(finished_run):
 
 def test_report_names_metrics_not_recorded(finished_run):
     html = (finished_run / "report.html").read_text(encoding="utf-8")
-    for heading in ("Robustness scores", "Differential privacy (epsilon)",
-                    "LinguaCoin balances"):
+    for heading in (
+        "Robustness scores",
+        "Differential privacy (epsilon)",
+        "LinguaCoin balances",
+    ):
         assert "not recorded in this run" in section_text(html, heading), heading
     contributions = section_text(html, "Node contributions")
     assert "not recorded in this run" not in contributions
@@ -140,10 +148,14 @@ def test_report_shows_optional_metrics(finished_run, tmp_path):
     # keys to metrics rows; the report must pick them up.
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
-    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()
+    ]
     for row in rows[1:]:
         nodes = list(row["node_tokens"])
-        row["robustness_scores"] = {node: 0.25 * (i + 1) for i, node in enumerate(nodes)}
+        row["robustness_scores"] = {
+            node: 0.25 * (i + 1) for i, node in enumerate(nodes)
+        }
         row["epsilon"] = 0.5 * row["round"]
         row["balances"] = {node: 10.0 * row["round"] for node in nodes}
     (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -151,8 +163,11 @@ def test_report_shows_optional_metrics(finished_run, tmp_path):
     result = CliRunner().invoke(cli, ["report", "--run", str(copy)])
     assert result.exit_code == 0, result.output
     html = (copy / "report.html").read_text(encoding="utf-8")
-    for heading in ("Robustness scores", "Differential privacy (epsilon)",
-                    "LinguaCoin balances"):
+    for heading in (
+        "Robustness scores",
+        "Differential privacy (epsilon)",
+        "LinguaCoin balances",
+    ):
         section = section_text(html, heading)
         assert "not recorded in this run" not in section, heading
         assert "data:image/png;base64," in section, heading
@@ -192,8 +207,9 @@ def test_report_renders_in_chromium(finished_run, tmp_path):
     assert errors == []
 
     screenshot = tmp_path / "report.png"
-    shot = chromium(f"--screenshot={screenshot}", "--window-size=1280,2400", url,
-                    tmp_path=tmp_path)
+    shot = chromium(
+        f"--screenshot={screenshot}", "--window-size=1280,2400", url, tmp_path=tmp_path
+    )
     assert shot.returncode == 0, shot.stderr[-2000:]
     image = Image.open(screenshot).convert("L")
     assert image.size == (1280, 2400)
@@ -216,7 +232,9 @@ def test_notebook_runs_on_finished_run(finished_run, monkeypatch):
         resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}},
     )
     client.execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    outputs = [
+        o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+    ]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 4

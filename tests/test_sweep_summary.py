@@ -23,10 +23,19 @@ def test_failed_job_reported_and_sweep_goes_on(wikitext, tmp_path):
     missing = tmp_path / "no-such-text"
     sweep_dir = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "linguachain.sweep", "-m", "model=micro",
-        f"data.path={missing},{wikitext}", "data.train_file=valid.txt",
-        "train.rounds=1", "train.local_steps=2", "federation.num_nodes=2",
-        "data.eval_blocks=16", "output.save_model=false", "output.max_new_tokens=4",
+        sys.executable,
+        "-m",
+        "linguachain.sweep",
+        "-m",
+        "model=micro",
+        f"data.path={missing},{wikitext}",
+        "data.train_file=valid.txt",
+        "train.rounds=1",
+        "train.local_steps=2",
+        "federation.num_nodes=2",
+        "data.eval_blocks=16",
+        "output.save_model=false",
+        "output.max_new_tokens=4",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -45,7 +54,9 @@ def test_failed_job_reported_and_sweep_goes_on(wikitext, tmp_path):
     assert rows[0]["data.path"] == str(missing)
     assert "FileNotFoundError" in rows[0]["error"]
     assert rows[0]["final_test_perplexity"] == ""
-    assert float(rows[1]["final_test_perplexity"]) < float(rows[1]["initial_test_perplexity"])
+    assert float(rows[1]["final_test_perplexity"]) < float(
+        rows[1]["initial_test_perplexity"]
+    )
     assert rows[1]["error"] == ""
 
     markdown = (sweep_dir / SUMMARY_MARKDOWN).read_text(encoding="utf-8")

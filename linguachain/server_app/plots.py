@@ -36,8 +36,12 @@ def loss_figure(metrics: list[dict[str, Any]]) -> Figure:
     figure = Figure(figsize=FIGURE_SIZE, layout="tight")
     axis = figure.subplots()
     rounds = [row["round"] for row in metrics]
-    axis.plot(rounds, [row["test_loss"] for row in metrics], marker="o", label="held-out")
-    trained = [(row["round"], row["train_loss"]) for row in metrics if row.get("train_loss")]
+    axis.plot(
+        rounds, [row["test_loss"] for row in metrics], marker="o", label="held-out"
+    )
+    trained = [
+        (row["round"], row["train_loss"]) for row in metrics if row.get("train_loss")
+    ]
     if trained:
         axis.plot(*zip(*trained, strict=True), marker="s", label="training (node mean)")
     axis.set_xlabel("round")
@@ -85,7 +89,9 @@ def node_series_figure(
             axis.bar(rounds, heights, bottom=bottom, label=node)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
         else:
-            points = [(r, v) for r, v in zip(rounds, values, strict=True) if v is not None]
+            points = [
+                (r, v) for r, v in zip(rounds, values, strict=True) if v is not None
+            ]
             axis.plot(*zip(*points, strict=True), marker="o", label=node)
     axis.set_xlabel("round")
     axis.set_ylabel(ylabel)

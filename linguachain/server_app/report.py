@@ -40,7 +40,9 @@ def format_number(value: Any) -> str:
         return f"{value:,}"
     if not math.isfinite(value):
         return str(value)
-    return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    if value.is_integer() or abs(value) >= 1e6:
+        return f"{value:,.0f}"
+    return f"{value:,.4g}"
 
 
 def format_utc(timestamp: int) -> str:
@@ -59,7 +61,9 @@ def describe_block(block: BlockView) -> str:
     if block.kind == "version":
         metrics = payload.get("metrics", {})
         perplexity = metrics.get("test_perplexity")
-        text = f"round {payload.get('round')}: model {str(payload.get('model_hash'))[:12]}"
+        text = (
+            f"round {payload.get('round')}: model {str(payload.get('model_hash'))[:12]}"
+        )
         if perplexity is not None:
             text += f", held-out perplexity {format_number(perplexity)}"
         return text
@@ -83,7 +87,9 @@ def summary_rows(run: RunData) -> list[tuple[str, str]]:
         ("ledger valid at the end of the run", ledger.get("valid")),
         ("final model hash", summary.get("final_model_hash")),
     ]
-    return [(label, format_number(value)) for label, value in labels if value is not None]
+    return [
+        (label, format_number(value)) for label, value in labels if value is not None
+    ]
 
 
 def node_sections(run: RunData) -> list[dict[str, Any]]:
@@ -109,7 +115,8 @@ def node_sections(run: RunData) -> list[dict[str, Any]]:
             "title": "Robustness scores",
             "series": run.robustness(),
             "ylabel": "robustness score",
-            "description": "Trust score the robust aggregation gave each node's update.",
+            "description": "Trust score the robust aggregation gave each node's"
+            " update.",
         },
         {
             "anchor": "privacy",

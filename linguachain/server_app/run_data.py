@@ -217,7 +217,11 @@ def read_account_balances(ledger: Ledger) -> dict[str, float] | None:
     if "balance" not in table.columns:
         return None
     key_column = next(
-        (table.columns[c] for c in ("address", "account", "name", "id") if c in table.columns),
+        (
+            table.columns[c]
+            for c in ("address", "account", "name", "id")
+            if c in table.columns
+        ),
         None,
     )
     if key_column is None:
@@ -274,7 +278,9 @@ def load_run(folder: str | Path) -> RunData:
             balances = read_account_balances(ledger)
         except Exception as error:  # noqa: BLE001 - the report shows any ledger fault
             ledger_error = f"{type(error).__name__}: {error}"
-            logger.warning("Could not read the ledger at %s: %s", location, ledger_error)
+            logger.warning(
+                "Could not read the ledger at %s: %s", location, ledger_error
+            )
         finally:
             ledger.close()
     return RunData(
