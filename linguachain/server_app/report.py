@@ -22,12 +22,12 @@ from linguachain.server_app.plots import (
     phase_figure,
     to_base64_png,
 )
+from linguachain.server_app.report_template import REPORT_TEMPLATE
 from linguachain.server_app.run_data import BlockView, RunData, load_run
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
-TEMPLATES = Path(__file__).with_name("templates")
 
 
 def format_number(value: Any) -> str:
@@ -150,7 +150,6 @@ def node_sections(run: RunData) -> list[dict[str, Any]]:
 def render_report(run: RunData) -> str:
     """Render the report page of a loaded run."""
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -164,7 +163,7 @@ def render_report(run: RunData) -> str:
         "loss": to_base64_png(loss_figure(run.metrics)),
         "phases": to_base64_png(phase_figure(run.metrics)),
     }
-    return environment.get_template("report.html.j2").render(
+    return environment.from_string(REPORT_TEMPLATE).render(
         run=run,
         summary_rows=summary_rows(run),
         plots=plots,

@@ -1,4 +1,11 @@
-<!DOCTYPE html>
+"""Jinja2 template of the run report page.
+
+Kept as a Python string because a Flower app bundle (FAB) carries only Python,
+TOML, Markdown, YAML and JSON files, so a separate template file would be missing
+when the ServerApp runs under `flwr run`.
+"""
+
+REPORT_TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -147,3 +154,4 @@
 <p class="missing">Written by linguachain at {{ written_at }} UTC; rebuild with <code>linguachain report --run {{ run.folder }}</code>.</p>
 </body>
 </html>
+"""
