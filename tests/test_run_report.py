@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO_ROOT
 from linguachain.cli import app as cli
+from linguachain.server_app.report import write_run_report
 from linguachain.server_app.run_data import load_run
 from linguachain.sweep import run_job
 
@@ -241,3 +243,18 @@ def test_notebook_runs_on_finished_run(finished_run, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "valid: 3 blocks" in text
     assert "The history of" in text
+
+
+def test_run_report_failure_is_logged(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").write_text("not json\n")
+    (tmp_path / "config.yaml").write_text("model:\n  preset: micro\n")
+    # linguachain's logger stops propagation once a run configured logging, so
+    # caplog's handler is attached to it directly.
+    package_logger = logging.getLogger("linguachain")
+    package_logger.addHandler(caplog.handler)
+    try:
+        assert write_run_report(tmp_path) is None
+    finally:
+        package_logger.removeHandler(caplog.handler)
+    assert "linguachain report --run" in caplog.text
+    assert not (tmp_path / "report.html").exists()

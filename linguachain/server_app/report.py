@@ -183,3 +183,17 @@ def write_report(folder: str | Path) -> Path:
     path.write_text(render_report(run), encoding="utf-8")
     logger.info("Run report: %s", path)
     return path
+
+
+def write_run_report(folder: str | Path) -> Path | None:
+    """Write the report at the end of a run; log a failure instead of raising it."""
+    try:
+        return write_report(folder)
+    except Exception:  # noqa: BLE001 - the run's results are already on disk
+        logger.exception(
+            "Could not write the run report in %s; rebuild it with"
+            " `linguachain report --run %s`",
+            folder,
+            folder,
+        )
+        return None

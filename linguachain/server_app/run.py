@@ -32,7 +32,7 @@ from linguachain.client_app.app import (
 from linguachain.config import RunConfig, flatten
 from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
-from linguachain.server_app.report import write_report
+from linguachain.server_app.report import write_run_report
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
 from linguachain.task.blocks import articles_to_blocks
@@ -248,7 +248,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     }
     folder.write_json("summary.json", summary)
     folder.plot_perplexity()
-    write_report(folder.path)
+    write_run_report(folder.path)
     logger.info(
         "Finished %d rounds in %.0f s: held-out perplexity %.1f -> %.1f; results in %s",
         config.train.rounds,
