@@ -41,14 +41,14 @@ class TokenizerConfig:
 
     name: str = choices("bpe", "gpt2", default="bpe")
     vocab_size: int = 4096
-    # Share of held-out articles set aside as public text for the tokenizer; the
-    # rest is the evaluation text, so the tokenizer never sees what it is scored on.
+    # Share of held-out articles set aside as public text for the tokenizer. The
+    # rest is evaluation text, so the tokenizer is never trained on scored text.
     public_fraction: float = 0.15
 
 
 @dataclass
 class DataConfig:
-    """Where the text comes from, how it is blocked and how it is partitioned."""
+    """Text source, blocking and partitioning."""
 
     dataset: str = "Salesforce/wikitext"
     subset: str = choices(
@@ -100,8 +100,8 @@ class AggregationConfig:
     """Server-side aggregation rule over node updates."""
 
     name: str = choices("fedavg", "fedavgm", default="fedavg")
-    # FedAvgM only: server learning rate and momentum (an outer Nesterov-free
-    # heavy-ball step over the averaged update).
+    # FedAvgM only: server learning rate and heavy-ball momentum of the outer
+    # step over the averaged update.
     server_lr: float = 1.0
     server_momentum: float = 0.9
 
@@ -115,7 +115,7 @@ class LedgerConfig:
 
 @dataclass
 class OutputConfig:
-    """What a run writes under `dir/<run_id>/`."""
+    """Outputs a run writes under `dir/<run_id>/`."""
 
     dir: str = "results"
     run_id: str = ""

@@ -40,7 +40,7 @@ def pid_file() -> Path:
 
 
 def is_running() -> bool:
-    """Return True if a local SuperLink answers its health check."""
+    """Return True if a local SuperLink passes its health check."""
     try:
         url = f"http://127.0.0.1:{LOCAL_SUPERLINK_HTTP_API_PORT}/health"
         return httpx.get(url, timeout=1.0).is_success

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ServerTask:
-    """Everything the server holds about the language-model task."""
+    """Server-side state of the language-model task."""
 
     tokenizer: Any
     model: torch.nn.Module
@@ -77,7 +77,7 @@ def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
         blocks = blocks[index]
     if len(blocks) == 0:
         raise ValueError(
-            f"The evaluation text holds no full {config.data.block_size}-token block;"
+            f"The evaluation text contains no full {config.data.block_size}-token block;"
             " lower data.block_size or add held-out text."
         )
 
@@ -225,7 +225,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     )
     committer.progress.close()
     # The committer loaded every evaluated global model into task.model, so it
-    # now holds the final one (result.arrays is empty when no round aggregated).
+    # now contains the final one (result.arrays is empty when no round aggregated).
     del result
 
     samples = write_outputs(config, task, folder)

@@ -1,9 +1,9 @@
 """FedAvg-family strategies that drop empty replies and time each round's phases.
 
-`RoundRecorder` wraps Flower's strategies rather than rewriting them: it drops
+`RoundRecorder` wraps Flower's strategies rather than rewriting them. It drops
 replies that carry no training examples (a node whose partition has no full
-block), so a weighted average never divides by zero, and records how long the
-nodes took and how long aggregation took. Later steps of the round protocol
+block), so a weighted average never divides by zero. It also records how long
+the nodes and the aggregation took. Later steps of the round protocol
 (encrypted aggregation, consensus) hook in by overriding `aggregate_train`.
 """
 
@@ -27,7 +27,7 @@ NUM_EXAMPLES_KEY = "num-examples"
 
 @dataclass
 class RoundStats:
-    """What the strategy observed in one training round."""
+    """Counts and timings of one training round."""
 
     sampled: int = 0
     replies: int = 0

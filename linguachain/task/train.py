@@ -20,7 +20,7 @@ class NonFiniteError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What one node's local training did."""
+    """Outcome of one node's local training."""
 
     loss: float
     steps: int
