@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -258,3 +259,22 @@ def test_run_report_failure_is_logged(tmp_path, caplog):
         package_logger.removeHandler(caplog.handler)
     assert "linguachain report --run" in caplog.text
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_reads_ledger_accounts(finished_run, tmp_path):
+    # A ledger that keeps LinguaCoin accounts has an `accounts` table with a
+    # balance per address; the report lists those final balances.
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    with sqlite3.connect(copy / "ledger.db") as connection:
+        connection.execute(
+            "CREATE TABLE accounts (address TEXT PRIMARY KEY, balance REAL)"
+        )
+        connection.execute("INSERT INTO accounts VALUES ('validator-7', 125.5)")
+
+    result = CliRunner().invoke(cli, ["report", "--run", str(copy)])
+    assert result.exit_code == 0, result.output
+    section = section_text((copy / "report.html").read_text(), "LinguaCoin balances")
+    assert "validator-7" in section
+    assert ">125.5<" in section
+    assert "per round: not recorded in this run" in section

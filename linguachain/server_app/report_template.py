@@ -103,7 +103,11 @@ REPORT_TEMPLATE = """<!DOCTYPE html>
   {% endfor %}
 </table>
 {% else %}
+{% if section.final %}
+<p class="missing">{{ section.title }} per round: not recorded in this run. The ledger's final balances:</p>
+{% else %}
 <p class="missing">{{ section.title }}: not recorded in this run.{% if section.fallback %} {{ section.fallback }}{% endif %}</p>
+{% endif %}
 {% endif %}
 {% if section.final %}
 <table>
