@@ -1,4 +1,4 @@
-"""The `linguachain` command line: local SuperLink, ledger, reports, generation."""
+"""The `linguachain` command line: SuperLink, kits, ledger, reports, generation."""
 
 from __future__ import annotations
 
@@ -84,6 +84,49 @@ def ledger_verify(db: str = typer.Option(..., help="Ledger SQLite file or databa
     typer.echo(str(report))
     if not report.valid:
         raise typer.Exit(1)
+
+
+@app.command()
+def provision(
+    nodes: int = typer.Option(..., min=1, help="Number of node kits to write."),
+    out: Path = typer.Option(..., help="Folder for the kits; must not hold kits yet."),
+    ckks_parameters: str = typer.Option(
+        "sum", help="CKKS parameter set: sum (addition only) or scoring (depth 2)."
+    ),
+    paillier_modulus_bits: int = typer.Option(
+        2048, min=1024, help="Bits of the Paillier modulus n."
+    ),
+    threshold: int = typer.Option(
+        0, min=0, help="Paillier partial decryptions needed; 0 means a majority."
+    ),
+    paillier: bool = typer.Option(
+        True, help="Deal threshold Paillier keys (takes seconds for safe primes)."
+    ),
+) -> None:
+    """Write one kit per node (node-<i>/, secret keys) and one for the server."""
+    from linguachain.logs import configure_logging
+    from linguachain.privacy.kits import provision as provision_kits
+
+    configure_logging()
+    try:
+        paths = provision_kits(
+            out,
+            nodes,
+            ckks_parameter_set=ckks_parameters,
+            paillier_modulus_bits=paillier_modulus_bits,
+            threshold=threshold or None,
+            paillier=paillier,
+        )
+    except (ValueError, FileExistsError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"server kit: {paths.server}")
+    for index, path in enumerate(paths.nodes):
+        typer.echo(f"node {index} kit: {path}")
+    typer.echo(
+        "Copy each node folder to its host only and point its node-config key "
+        "kit-path at it; set secure_aggregation.kit_dir to this folder on the server."
+    )
 
 
 @app.command()
