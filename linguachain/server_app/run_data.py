@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Keys that runs with per-node accounting, robust aggregation, differential
 # privacy or LinguaCoin rewards may add to a metrics row; the first one found wins.
+# NOTE: only node_tokens is written today; the other names are expected ones, so a
+# strategy that records these metrics under another key must add it here.
 NODE_TOKENS_KEYS = ("node_tokens", "contributions")
 ROBUSTNESS_KEYS = ("robustness_scores", "robustness_score", "robustness")
 EPSILON_KEYS = ("epsilon", "privacy_epsilon", "dp_epsilon")
