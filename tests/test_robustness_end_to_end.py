@@ -8,6 +8,7 @@ import pytest
 
 from linguachain.client_app.attacks import malicious_partitions
 from linguachain.ledger.chain import Ledger
+from linguachain.server_app.run_data import load_run
 from linguachain.sweep import run_job
 
 
@@ -59,6 +60,10 @@ def test_epsilon_reported_per_round_and_node(attacked_run):
     assert sorted(second["per_node"]) == ["partition-0", "partition-1", "partition-2"]
     assert all(node["rounds"] == 2 for node in second["per_node"].values())
     assert second["delta"] == 1e-5
+    assert (
+        rows[2]["epsilon"]["partition-0"]
+        == second["per_node"]["partition-0"]["epsilon"]
+    )
 
 
 def test_backdoor_success_measured_each_round(attacked_run):
@@ -83,3 +88,14 @@ def test_version_blocks_carry_epsilon_and_scores(attacked_run):
         "partition-1",
         "partition-2",
     ]
+
+
+def test_run_report_reads_scores_and_epsilon(attacked_run):
+    folder, _, rows = attacked_run
+    run = load_run(folder)
+    robustness = run.robustness()
+    epsilon = run.epsilon()
+    assert robustness is not None
+    assert epsilon is not None
+    assert sorted(robustness[2]) == ["partition-0", "partition-1", "partition-2"]
+    assert epsilon[2]["partition-1"] == rows[2]["epsilon"]["partition-1"]

@@ -77,6 +77,11 @@ class RoundReport:
             metrics["aggregation_skipped"] = self.skipped
         if self.privacy is not None:
             metrics["privacy"] = self.privacy
+            # Per-node epsilon spent so far, under the key the run report reads.
+            metrics["epsilon"] = {
+                node: budget["epsilon"]
+                for node, budget in self.privacy["per_node"].items()
+            }
         return _finite_or_none(metrics)
 
 
