@@ -1,4 +1,4 @@
-"""The `linguachain` command line: local SuperLink, kits, ledger and generation."""
+"""The `linguachain` command line: SuperLink, kits, ledger, reports, generation."""
 
 from __future__ import annotations
 
@@ -196,6 +196,21 @@ def provision(
         "Copy each node folder to its host only and point its node-config key "
         "kit-path at it; set secure_aggregation.kit_dir to this folder on the server."
     )
+
+
+@app.command()
+def report(
+    run: Path = typer.Option(..., help="Run folder (results/<run-id>/) to report on."),
+) -> None:
+    """Rebuild a run's self-contained report.html from its folder."""
+    from linguachain.server_app.report import write_report
+
+    try:
+        path = write_report(run)
+    except FileNotFoundError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(str(path))
 
 
 @app.command()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -190,6 +191,7 @@ class ConsensusDriver:
         replies: list[Message],
         parent: ArrayRecord | None,
         encrypted: dict[int, str] | None = None,
+        extra_metrics: dict[str, Any] | None = None,
     ) -> ArrayRecord | None:
         """Run the round's consensus; return `arrays` only if its block is final.
 
@@ -212,6 +214,13 @@ class ConsensusDriver:
             summary = {"nodes": len(commitments)}
             if metrics is not None and "train-loss" in metrics:
                 summary["train_loss"] = float(metrics["train-loss"])
+            # Robustness scores and privacy spent, where the strategy reports them;
+            # non-finite values have no canonical JSON form, so they are left out.
+            for key, value in (extra_metrics or {}).items():
+                if isinstance(value, (bool, int, str)) or (
+                    isinstance(value, float) and math.isfinite(value)
+                ):
+                    summary[key] = value
             payload = version_payload(context, model_hash, commitments, summary, proposer)
             records = {"arrays": arrays}
             if parent is not None:
@@ -454,6 +463,7 @@ class ConsensusGate:
             return arrays, metrics
         # Secure aggregation records a commitment per summed encrypted update.
         encrypted = getattr(self, "commitments", {}).get(server_round)
+        report = getattr(self, "round_reports", {}).get(server_round)
         decided = self.consensus.decide(
             server_round,
             arrays,
@@ -461,6 +471,7 @@ class ConsensusGate:
             replies,
             getattr(self, "_parent_arrays", None),
             encrypted,
+            report.as_metrics() if report is not None else None,
         )
         return decided, metrics
 
