@@ -104,7 +104,8 @@ class LocalCluster:
     network: HostNetwork | None = None
     node_config: dict[int, dict[str, str | int]] = field(default_factory=dict)
     superlink: ClusterProcess | None = None
-    supernodes: dict[int, ClusterProcess] = field(default_factory=dict)
+    supernodes: dict[str, ClusterProcess] = field(default_factory=dict)
+    commands: list[ClusterProcess] = field(default_factory=list)
     superlink_address: str = ""
 
     def __post_init__(self) -> None:
@@ -165,8 +166,13 @@ class LocalCluster:
         logger.info("Registered SuperNode %d as node %d", node, node_id)
         return node_id
 
-    def start_supernode(self, node: int, private_key: Path | None = None) -> ClusterProcess:
-        """Start `flower-supernode` for node `node` (optionally with another key)."""
+    def start_supernode(
+        self, node: int, private_key: Path | None = None, name: str = ""
+    ) -> ClusterProcess:
+        """Start `flower-supernode` with node `node`'s config and key (or `private_key`).
+
+        `name` names the process and its log file (default `supernode-<node>`).
+        """
         if not self.superlink_address:
             raise RuntimeError("Start the SuperLink before its SuperNodes.")
         values: dict[str, str | int] = {
@@ -185,9 +191,13 @@ class LocalCluster:
             "--host", "127.0.0.1",
             "--port", str(free_port()),
         ]  # fmt: skip
-        process = self._spawn(f"supernode-{node}", command, host=node + 1)
-        self.supernodes[node] = process
+        process = self._spawn(name or f"supernode-{node}", command, host=node + 1)
+        self.supernodes[process.name] = process
         return process
+
+    def supernode(self, node: int) -> ClusterProcess:
+        """Return the process of SuperNode `node`."""
+        return self.supernodes[f"supernode-{node}"]
 
     def list_nodes(self) -> list[dict]:
         """Return `flwr supernode ls` as a list of node records."""
@@ -232,6 +242,12 @@ class LocalCluster:
             )
         return result.stdout
 
+    def start_flwr_command(self, args: list[str], name: str) -> ClusterProcess:
+        """Start `flwr ARGS` in the background, logging to `<log_dir>/<name>.log`."""
+        process = self._spawn(name, ["flwr", *args], host=0)
+        self.commands.append(process)
+        return process
+
     def kill(self, process: ClusterProcess) -> None:
         """Kill one process and its descendants at once with SIGKILL."""
         for pid in [*descendant_pids(process.pid), process.pid]:
@@ -240,12 +256,13 @@ class LocalCluster:
         logger.info("Killed %s (PID %d)", process.name, process.pid)
 
     def stop(self) -> None:
-        """Stop every SuperNode, then the SuperLink, each by its PID."""
-        processes = list(self.supernodes.values())
+        """Stop `flwr` commands, SuperNodes, then the SuperLink, each by its PID."""
+        processes = [*self.commands, *self.supernodes.values()]
         if self.superlink is not None:
             processes.append(self.superlink)
         for process in processes:
             self._stop_process(process)
+        self.commands.clear()
         self.supernodes.clear()
         self.superlink = None
 
