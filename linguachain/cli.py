@@ -1,4 +1,4 @@
-"""The `linguachain` command line: local SuperLink, ledger and generation."""
+"""The `linguachain` command line: SuperLinks, deployment, ledger and generation."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ connection_app = typer.Typer(
     help="Write SuperLink connections to Flower's config file.", no_args_is_help=True
 )
 cluster_app = typer.Typer(
-    help="Run a SuperLink and SuperNodes with TLS on this machine.", no_args_is_help=True
+    help="Run a SuperLink and SuperNodes with TLS on this machine.",
+    no_args_is_help=True,
 )
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(superlink_app, name="superlink")
@@ -111,12 +112,15 @@ def cluster_up(
         ..., help="Folder written by `linguachain provision-deploy`."
     ),
     logs: Path = typer.Option(
-        Path("results/cluster-logs"), help="Folder for the SuperLink and SuperNode logs."
+        Path("results/cluster-logs"),
+        help="Folder for the SuperLink and SuperNode logs.",
     ),
     data_path: Path | None = typer.Option(
         None, help="Text folder every node reads (node config `data-path`)."
     ),
-    connection: str = typer.Option("linguachain-local", help="Connection name to write."),
+    connection: str = typer.Option(
+        "linguachain-local", help="Connection name to write."
+    ),
 ) -> None:
     """Start a SuperLink and one SuperNode per kit on 127.0.0.1 until Ctrl-C."""
     import signal
@@ -138,7 +142,8 @@ def cluster_up(
         raise typer.Exit(2)
     node_config: dict[int, dict[str, str | int]] = {}
     if data_path is not None:
-        node_config = {i: {"data-path": str(data_path.resolve())} for i in range(num_nodes)}
+        folder = str(data_path.resolve())
+        node_config = {i: {"data-path": folder} for i in range(num_nodes)}
     cluster = LocalCluster(
         paths, logs.resolve(), get_flwr_home(), connection, node_config=node_config
     )

@@ -45,12 +45,14 @@ def postgres_server() -> Iterator[str]:
     if binaries is None:
         raise RuntimeError("PostgreSQL (initdb, postgres) is not installed")
     initdb, postgres = binaries
+
     # PostgreSQL refuses to run as root, so root runs it as the postgres user.
     user = POSTGRES_USER if os.geteuid() == 0 else None
     folder = Path(tempfile.mkdtemp(prefix="lc-postgres-"))
     if user is not None:
         account = pwd.getpwnam(user)
         os.chown(folder, account.pw_uid, account.pw_gid)
+
     data = folder / "data"
     subprocess.run(
         [str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
@@ -60,6 +62,7 @@ def postgres_server() -> Iterator[str]:
         cwd=folder,
         timeout=120,
     )
+
     port = free_port()
     log = open(folder / "postgres.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -74,7 +77,8 @@ def postgres_server() -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + 60
-        while b"ready to accept connections" not in (folder / "postgres.log").read_bytes():
+        log_path = folder / "postgres.log"
+        while b"ready to accept connections" not in log_path.read_bytes():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     "PostgreSQL did not start: "

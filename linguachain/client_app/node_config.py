@@ -2,13 +2,12 @@
 
 Keys, with dashes as Flower's own `partition-id` and `num-partitions`:
 
-| key | required | meaning |
-| --- | --- | --- |
-| `partition-id` | yes | this node's partition of the training pool, 0 to `num-partitions` - 1 |
-| `num-partitions` | yes | number of partitions the training pool is split into |
-| `data-path` | no | folder of this node's text files; overrides the run's `data.path` |
-| `kit-path` | no | this node's startup kit folder (`linguachain provision`, `node-<i>/`) |
-| `ledger-url` | no | database URL (or SQLite file) of this node's ledger replica |
+    partition-id    required: this node's partition of the training pool,
+                    from 0 to num-partitions - 1
+    num-partitions  required: number of partitions of the training pool
+    data-path       folder of this node's text files; overrides `data.path`
+    kit-path        this node's kit folder (`node-<i>/` of the provisioned kits)
+    ledger-url      database URL of this node's ledger replica
 
 In simulation Flower sets `partition-id` and `num-partitions` itself.
 """

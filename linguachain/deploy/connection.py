@@ -42,12 +42,14 @@ def add_connection(
             "A TLS connection needs the CA certificate (root_certificates); pass"
             " insecure=True only for a SuperLink started with --insecure."
         )
+
     certificate_path = None
     if root_certificates is not None:
         certificate = Path(root_certificates).expanduser().resolve()
         if not certificate.is_file():
             raise FileNotFoundError(f"CA certificate not found: {certificate}")
         certificate_path = str(certificate)
+
     connection = SuperLinkConnection(
         name=name,
         address=address,
@@ -56,5 +58,7 @@ def add_connection(
     )
     write_superlink_connection(connection)
     config_file = get_flwr_home() / "config.toml"
-    logger.info("Wrote SuperLink connection '%s' (%s) to %s", name, address, config_file)
+    logger.info(
+        "Wrote SuperLink connection '%s' (%s) to %s", name, address, config_file
+    )
     return config_file

@@ -73,7 +73,9 @@ def format_node_config(values: dict[str, str | int]) -> str:
         if isinstance(value, int):
             parts.append(f"{key}={value}")
         elif "'" in value or "\n" in value:
-            raise ValueError(f"Node config value for '{key}' contains a quote: {value!r}")
+            raise ValueError(
+                f"Node config value for '{key}' contains a quote: {value!r}"
+            )
         else:
             parts.append(f"{key}='{value}'")  # TOML literal string: no escapes
     return " ".join(parts)
@@ -152,7 +154,11 @@ class LocalCluster:
         self._wait_for_log(self.superlink, "Uvicorn running on")
         self.run_flwr_command(["--version"])  # fail early if flwr is missing
         self._write_connection()
-        logger.info("SuperLink listens on %s (PID %d)", self.superlink_address, self.superlink.pid)
+        logger.info(
+            "SuperLink listens on %s (PID %d)",
+            self.superlink_address,
+            self.superlink.pid,
+        )
 
     def register_supernode(self, node: int) -> int:
         """Register node `node`'s public key with `flwr supernode register`."""
@@ -169,7 +175,9 @@ class LocalCluster:
     def start_supernode(
         self, node: int, private_key: Path | None = None, name: str = ""
     ) -> ClusterProcess:
-        """Start `flower-supernode` with node `node`'s config and key (or `private_key`).
+        """Start `flower-supernode` with node `node`'s config and its key.
+
+        `private_key` replaces the node's own key, for example an unregistered one.
 
         `name` names the process and its log file (default `supernode-<node>`).
         """
@@ -206,7 +214,9 @@ class LocalCluster:
         )
         return list(_parse_json(output)["nodes"])
 
-    def wait_for_online(self, count: int, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+    def wait_for_online(
+        self, count: int, timeout: float = STARTUP_TIMEOUT_SECONDS
+    ) -> None:
         """Wait until `count` SuperNodes are online, or raise naming the logs."""
         deadline = time.monotonic() + timeout
         while True:
@@ -315,7 +325,9 @@ class LocalCluster:
                     f" see {process.log_path}"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{process.name} did not start; see {process.log_path}")
+                raise TimeoutError(
+                    f"{process.name} did not start; see {process.log_path}"
+                )
             time.sleep(0.5)
 
     def _stop_process(self, process: ClusterProcess) -> None:

@@ -1,9 +1,10 @@
 """Private network namespaces that stand in for separate hosts on one machine.
 
-`HostNetwork` creates one Linux network namespace per host, a bridge inside
-the first (the SuperLink host) and a veth pair from every other namespace to
-that bridge, all on a private IPv4 /24 that exists only inside these
-namespaces. The machine's own network is never touched. Creating namespaces
+`HostNetwork` creates one Linux network namespace per host and a bridge
+inside the first one (the SuperLink host). Every other namespace gets a veth
+pair to that bridge. All addresses come from a private IPv4 /24 that exists
+only inside these namespaces, and the machine's own interfaces are not
+changed. Creating namespaces
 needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and the `ip` command.
 """
 
@@ -66,7 +67,9 @@ class HostNetwork:
     def create(self) -> None:
         """Create the namespaces, the bridge and the veth pairs."""
         if not 2 <= self.num_hosts <= 200:
-            raise ValueError(f"num_hosts must be between 2 and 200, got {self.num_hosts}.")
+            raise ValueError(
+                f"num_hosts must be between 2 and 200, got {self.num_hosts}."
+            )
         hub = self.namespace(0)
         length = self.subnet.prefixlen
         for host in range(self.num_hosts):
@@ -104,7 +107,9 @@ class HostNetwork:
                 ["ip", "netns", "delete", name], capture_output=True, text=True
             )
             if result.returncode != 0:
-                logger.error("Failed to delete network namespace %s: %s", name, result.stderr)
+                logger.error(
+                    "Failed to delete network namespace %s: %s", name, result.stderr
+                )
         self.created.clear()
 
     def __enter__(self) -> "HostNetwork":

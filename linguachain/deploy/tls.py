@@ -1,7 +1,7 @@
 """Write the TLS material and SuperNode authentication keys of a deployment.
 
 Layout written by `provision_deployment` (the same `server/` and `node-<i>/`
-folders as the privacy key kits, so one kit folder per party holds everything):
+folders as the privacy key kits, so each party receives one folder):
 
     out_dir/ca/         ca.pem, ca.key: the certificate authority; keep ca.key
                         offline, it is needed only to issue new certificates
@@ -71,7 +71,9 @@ class DeploymentPaths:
         return self.node_folders[node] / CA_CERT_FILE
 
 
-def deployment_paths(out_dir: str | os.PathLike[str], num_nodes: int) -> DeploymentPaths:
+def deployment_paths(
+    out_dir: str | os.PathLike[str], num_nodes: int
+) -> DeploymentPaths:
     """Return the paths `provision_deployment` writes for `num_nodes` nodes."""
     out = Path(out_dir)
     server = out / SERVER_DIR
@@ -132,7 +134,9 @@ def subject_alternative_names(hosts: list[str]) -> list[x509.GeneralName]:
     for host in hosts:
         host = host.strip()
         if not host:
-            raise ValueError("Empty SuperLink host name; pass a DNS name or an IP address.")
+            raise ValueError(
+                "Empty SuperLink host name; pass a DNS name or an IP address."
+            )
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -148,7 +152,9 @@ def issue_server_certificate(
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Issue a TLS server certificate for `hosts` (SAN entries) signed by the CA."""
     if not hosts:
-        raise ValueError("A server certificate needs at least one host name or IP address.")
+        raise ValueError(
+            "A server certificate needs at least one host name or IP address."
+        )
     key = ec.generate_private_key(ec.SECP384R1())
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
@@ -162,7 +168,8 @@ def issue_server_certificate(
         .not_valid_after(now + datetime.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName(subject_alternative_names(hosts)), critical=False
+            x509.SubjectAlternativeName(subject_alternative_names(hosts)),
+            critical=False,
         )
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
@@ -177,7 +184,7 @@ def issue_server_certificate(
 
 
 def generate_supernode_key_pair() -> tuple[bytes, bytes]:
-    """Return a SuperNode authentication key pair as OpenSSH private and public bytes."""
+    """Generate a SuperNode authentication key pair in OpenSSH encoding."""
     key = ec.generate_private_key(SUPERNODE_CURVE)
     private_bytes = key.private_bytes(
         serialization.Encoding.PEM,
