@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from linguachain.deploy.local_cluster import LocalCluster
+from linguachain.deploy.local_cluster import LocalCluster, descendant_pids
 from linguachain.deploy.netns import HostNetwork, namespaces_unavailable_reason
 from linguachain.deploy.tls import generate_supernode_key_pair, provision_deployment
 from linguachain.ledger.chain import Ledger, sqlite_url
@@ -170,3 +170,27 @@ def test_deployment_tls_auth_and_lost_node(
         assert (run_folder / "logs" / f"{name}.log").stat().st_size > 0
     for name in ("intruder", "flwr-run"):
         assert (run_folder / "logs" / f"{name}.log").stat().st_size > 0
+
+
+def test_cluster_stops_processes_on_error(tmp_path):
+    kits = provision_deployment(tmp_path / "kits", 1)
+    cluster = LocalCluster(kits, tmp_path / "logs", tmp_path / "flwr-home")
+    started: list[int] = []
+    with pytest.raises(RuntimeError, match="failure inside the cluster"):
+        with cluster:
+            cluster.start_superlink()
+            started = [cluster.superlink.pid, *descendant_pids(cluster.superlink.pid)]
+            raise RuntimeError("failure inside the cluster")
+    # The SuperLink and the SuperExec it started are gone.
+    assert len(started) >= 2
+    for pid in started:
+        assert process_state(pid) in ("", "Z"), pid
+
+
+def process_state(pid: int) -> str:
+    """Return the /proc state letter of `pid`: "" if gone, "Z" for a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
