@@ -152,7 +152,6 @@ class LocalCluster:
         self.superlink = self._spawn("superlink", command, host=0)
         self.superlink_address = f"{host}:{port}"
         self._wait_for_log(self.superlink, "Uvicorn running on")
-        self.run_flwr_command(["--version"])  # fail early if flwr is missing
         self._write_connection()
         logger.info(
             "SuperLink listens on %s (PID %d)",
@@ -177,9 +176,8 @@ class LocalCluster:
     ) -> ClusterProcess:
         """Start `flower-supernode` with node `node`'s config and its key.
 
-        `private_key` replaces the node's own key, for example an unregistered one.
-
-        `name` names the process and its log file (default `supernode-<node>`).
+        `private_key` replaces the node's own key, for example with an unregistered
+        one, and `name` names the process and its log (default `supernode-<node>`).
         """
         if not self.superlink_address:
             raise RuntimeError("Start the SuperLink before its SuperNodes.")
@@ -271,7 +269,13 @@ class LocalCluster:
         if self.superlink is not None:
             processes.append(self.superlink)
         for process in processes:
-            self._stop_process(process)
+            try:
+                self._stop_process(process)
+            except (OSError, subprocess.SubprocessError) as error:
+                # Go on, so one stuck process does not leave the others running.
+                logger.error(
+                    "Failed to stop %s (PID %d): %s", process.name, process.pid, error
+                )
         self.commands.clear()
         self.supernodes.clear()
         self.superlink = None
