@@ -206,3 +206,20 @@ def test_descendant_pids_finds_grandchildren():
         for pid in [*descendant_pids(parent.pid), parent.pid]:
             subprocess.run(["kill", str(pid)], check=False)
         parent.wait(timeout=10)
+
+
+def test_connection_cli_writes_connection(kits, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    result = CliRunner().invoke(
+        cli, ["connection", "add", "consortium", "--address", "10.9.8.7:9093",
+              "--root-certificates", str(kits.ca_certificate)],
+    )
+    assert result.exit_code == 0, result.output
+    config = tomllib.loads((tmp_path / "flwr-home" / "config.toml").read_text())
+    assert config["superlink"]["consortium"]["address"] == "10.9.8.7:9093"
+
+
+def test_cluster_up_rejects_missing_kits(tmp_path):
+    result = CliRunner().invoke(cli, ["cluster", "up", "--kits", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no deployment kits" in result.output
