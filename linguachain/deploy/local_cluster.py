@@ -9,8 +9,8 @@ node config. Each process writes its output to `<log_dir>/superlink.log` or
 the SuperExec and ClientApp processes it started, in `stop()` (also called when
 a `with` block exits on an error).
 
-With a `HostNetwork` each process runs in its own network namespace and the
-SuperNodes reach the SuperLink at its private address; without one everything
+With a `HostNetwork` each process runs in its own network namespace, and the
+SuperNodes reach the SuperLink at its private address. Without one, everything
 listens on 127.0.0.1.
 """
 
@@ -359,7 +359,7 @@ class LocalCluster:
 def _parse_json(output: str) -> dict:
     start = output.find("{")
     if start < 0:
-        raise RuntimeError(f"Expected JSON from flwr, got: {output[-2000:]}")
+        raise RuntimeError(f"flwr printed no JSON object: {output[-2000:]}")
     return json.loads(output[start:])
 
 
