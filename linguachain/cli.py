@@ -1,4 +1,4 @@
-"""The `linguachain` command line: SuperLinks, deployment, ledger and generation."""
+"""The `linguachain` command line: SuperLinks, kits, deployment, ledger, generation."""
 
 from __future__ import annotations
 
@@ -73,7 +73,11 @@ def provision_deploy(
     ),
     valid_days: int = typer.Option(365, min=1, help="Certificate lifetime in days."),
 ) -> None:
-    """Write a CA, the SuperLink TLS certificate and SuperNode key pairs."""
+    """Write only the CA, SuperLink TLS certificate and SuperNode key pairs.
+
+    `linguachain provision` writes these too; this command adds them to kits
+    provisioned without them, or renews them in a fresh folder.
+    """
     from linguachain.deploy.tls import provision_deployment
 
     try:
@@ -198,6 +202,63 @@ def ledger_verify(db: str = typer.Option(..., help="Ledger SQLite file or databa
     typer.echo(str(report))
     if not report.valid:
         raise typer.Exit(1)
+
+
+@app.command()
+def provision(
+    nodes: int = typer.Option(..., min=1, help="Number of node kits to write."),
+    out: Path = typer.Option(..., help="Folder for the kits; must not hold kits yet."),
+    ckks_parameters: str = typer.Option(
+        "sum", help="CKKS parameter set: sum (addition only) or scoring (depth 2)."
+    ),
+    paillier_modulus_bits: int = typer.Option(
+        2048, min=1024, help="Bits of the Paillier modulus n."
+    ),
+    threshold: int = typer.Option(
+        0, min=0, help="Paillier partial decryptions needed; 0 means a majority."
+    ),
+    paillier: bool = typer.Option(
+        True, help="Deal threshold Paillier keys (takes seconds for safe primes)."
+    ),
+    superlink_host: list[str] = typer.Option(
+        [],
+        help="DNS name or IP address the SuperLink is reached at, for its TLS"
+        " certificate; repeat for several. 127.0.0.1 and localhost are included.",
+    ),
+) -> None:
+    """Write one kit per node (node-<i>/, secret keys) and one for the server.
+
+    The kits also get the deployment material: a CA (ca/), the SuperLink's TLS
+    certificate (server/) and one SuperNode authentication key pair per node.
+    """
+    from linguachain.deploy.tls import provision_deployment
+    from linguachain.logs import configure_logging
+    from linguachain.privacy.kits import provision as provision_kits
+
+    configure_logging()
+    try:
+        paths = provision_kits(
+            out,
+            nodes,
+            ckks_parameter_set=ckks_parameters,
+            paillier_modulus_bits=paillier_modulus_bits,
+            threshold=threshold or None,
+            paillier=paillier,
+        )
+        deployment = provision_deployment(out, nodes, superlink_host)
+    except (ValueError, FileExistsError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"server kit: {paths.server}")
+    for index, path in enumerate(paths.nodes):
+        typer.echo(f"node {index} kit: {path}")
+    typer.echo(
+        "Copy each node folder to its host only and point its node-config key "
+        "kit-path at it; set secure_aggregation.kit_dir to this folder on the server."
+    )
+    typer.echo(
+        f"Keep {deployment.ca_private_key} offline; no host needs it to run."
+    )
 
 
 @app.command()

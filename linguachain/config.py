@@ -107,6 +107,41 @@ class AggregationConfig:
 
 
 @dataclass
+class SecureAggregationConfig:
+    """Encryption scheme of node updates, its parameters and its decryptors."""
+
+    # ckks: TenSEAL CKKS, nodes share one secret key and the server holds only the
+    # public context. paillier: threshold Paillier, t of the nodes decrypt the sum
+    # together. none: plaintext weights, Flower's FedAvg.
+    scheme: str = choices("ckks", "paillier", "none", default="ckks")
+    # CKKS parameter set from privacy.ckks.PARAMETER_SETS: sum (addition only,
+    # 32 B/param) or scoring (depth 2 and Galois keys for encrypted scoring).
+    ckks_parameters: str = choices("sum", "scoring", default="sum")
+    # Nodes of the key committee that decrypt the CKKS sum; their results must
+    # agree within ckks_tolerance (absolute, per value of the average update).
+    ckks_decryptors: int = 2
+    ckks_tolerance: float = 1e-6
+    paillier_modulus_bits: int = 2048
+    # Partial decryptions needed for a Paillier decryption; 0 means a majority
+    # of the provisioned nodes.
+    threshold: int = 0
+    # Paillier fixed point: update values are clipped to [-clip_range, clip_range]
+    # and quantized to precision_bits fractional bits.
+    clip_range: float = 0.25
+    precision_bits: int = 16
+    # Paillier slot headroom: the sum of the nodes' weights (training blocks)
+    # that one packed slot can hold without overflow.
+    max_total_blocks: int = 32768
+    # Largest encrypted update one node may send, in MiB.
+    max_payload_mb: float = 512.0
+    # Valid encrypted replies a round needs; with fewer the round is rejected.
+    min_replies: int = 2
+    # Folder with the kits written by `linguachain provision`; empty means the
+    # server provisions fresh kits into `<run folder>/kits` (simulation).
+    kit_dir: str = ""
+
+
+@dataclass
 class LedgerConfig:
     """Ledger storage; an empty URL puts a SQLite file in the run folder."""
 
@@ -135,6 +170,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    secure_aggregation: SecureAggregationConfig = field(
+        default_factory=SecureAggregationConfig
+    )
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -260,11 +298,77 @@ def check_ranges(config: RunConfig) -> None:
         fed.fraction_evaluate,
         "use a fraction in [0, 1]",
     )
+    _check_secure_aggregation(config.secure_aggregation)
+    if config.secure_aggregation.scheme != "none":
+        secure = config.secure_aggregation
+        _require(
+            secure.min_replies <= fed.num_nodes,
+            "secure_aggregation.min_replies",
+            secure.min_replies,
+            f"use at most federation.num_nodes={fed.num_nodes}, or every round is "
+            "rejected",
+        )
+        _require(
+            secure.scheme != "ckks" or secure.ckks_decryptors <= fed.num_nodes,
+            "secure_aggregation.ckks_decryptors",
+            secure.ckks_decryptors,
+            f"use at most federation.num_nodes={fed.num_nodes}",
+        )
     _require(
         config.output.max_new_tokens >= 1,
         "output.max_new_tokens",
         config.output.max_new_tokens,
         "use >= 1",
+    )
+
+
+def _check_secure_aggregation(secure: SecureAggregationConfig) -> None:
+    prefix = "secure_aggregation."
+    _require(
+        secure.ckks_decryptors >= 1,
+        prefix + "ckks_decryptors",
+        secure.ckks_decryptors,
+        "use >= 1 (2 lets the server compare two decryptions)",
+    )
+    _require(
+        secure.ckks_tolerance > 0,
+        prefix + "ckks_tolerance",
+        secure.ckks_tolerance,
+        "use a tolerance > 0",
+    )
+    _require(
+        secure.paillier_modulus_bits >= 1024 and secure.paillier_modulus_bits % 2 == 0,
+        prefix + "paillier_modulus_bits",
+        secure.paillier_modulus_bits,
+        "use an even number of bits >= 1024 (2048 for deployments)",
+    )
+    _require(secure.threshold >= 0, prefix + "threshold", secure.threshold, "use >= 0")
+    _require(
+        secure.clip_range > 0,
+        prefix + "clip_range",
+        secure.clip_range,
+        "use a clipping range > 0",
+    )
+    _require(
+        1 <= secure.precision_bits <= 30,
+        prefix + "precision_bits",
+        secure.precision_bits,
+        "use 1 to 30 fractional bits",
+    )
+    _require(
+        secure.max_total_blocks >= 1,
+        prefix + "max_total_blocks",
+        secure.max_total_blocks,
+        "use >= 1",
+    )
+    _require(
+        secure.max_payload_mb > 0,
+        prefix + "max_payload_mb",
+        secure.max_payload_mb,
+        "use a size in MiB > 0",
+    )
+    _require(
+        secure.min_replies >= 1, prefix + "min_replies", secure.min_replies, "use >= 1"
     )
 
 

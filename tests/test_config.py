@@ -67,3 +67,31 @@ def test_nested_config_goes_through_same_schema():
     assert config.train.lr == 0.01
     with pytest.raises(ConfigError, match="Did you mean 'model.preset'"):
         from_nested({"model": {"prest": "micro"}})
+
+
+def test_secure_aggregation_defaults_to_ckks():
+    assert load_config({}).secure_aggregation.scheme == "ckks"
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"secure_aggregation.scheme": "rsa"}, "secure_aggregation.scheme"),
+        ({"secure_aggregation.min_replies": 5}, "secure_aggregation.min_replies"),
+        (
+            {"federation.num_nodes": 1, "secure_aggregation.min_replies": 1},
+            "secure_aggregation.ckks_decryptors",
+        ),
+        ({"secure_aggregation.paillier_modulus_bits": 1023}, "paillier_modulus_bits"),
+        ({"secure_aggregation.precision_bits": 0}, "secure_aggregation.precision_bits"),
+        ({"secure_aggregation.max_payload_mb": 0.0}, "secure_aggregation.max_payload_mb"),
+    ],
+)
+def test_secure_aggregation_values_rejected(values, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(values)
+
+
+def test_one_node_runs_without_secure_aggregation():
+    config = load_config({"federation.num_nodes": 1, "secure_aggregation.scheme": "none"})
+    assert config.federation.num_nodes == 1

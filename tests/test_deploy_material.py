@@ -223,3 +223,16 @@ def test_cluster_up_rejects_missing_kits(tmp_path):
     result = CliRunner().invoke(cli, ["cluster", "up", "--kits", str(tmp_path)])
     assert result.exit_code == 2
     assert "no deployment kits" in result.output
+
+
+def test_provision_cli_adds_deployment_material(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["provision", "--nodes", "2", "--out", str(tmp_path / "kits"),
+              "--no-paillier", "--superlink-host", "10.1.2.3"],
+    )
+    assert result.exit_code == 0, result.output
+    for node in ("node-0", "node-1"):
+        assert (tmp_path / "kits" / node / "kit.json").is_file()
+        assert (tmp_path / "kits" / node / "supernode.key").is_file()
+    assert (tmp_path / "kits" / "server" / "superlink.pem").is_file()
+    assert (tmp_path / "kits" / "server" / "supernode-keys" / "node-1.pub").is_file()

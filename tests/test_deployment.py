@@ -1,8 +1,9 @@
 """Flower's deployment engine: a SuperLink and three SuperNodes as real processes.
 
-Each case provisions TLS material and SuperNode keys, starts `flower-superlink`
-with TLS and SuperNode authentication and three authenticated
-`flower-supernode` processes, and runs two rounds of the micro preset with
+Each case provisions CKKS kits with TLS material and SuperNode keys, starts
+`flower-superlink` with TLS and SuperNode authentication and three
+authenticated `flower-supernode` processes, and runs two rounds of the micro
+preset with CKKS secure aggregation through
 `flwr run <repo> <connection> --stream` from a throwaway FLWR_HOME. A fourth
 SuperNode with an unregistered key must be rejected, and one SuperNode is
 killed after round 1 so that round 2 completes with the other two.
@@ -27,6 +28,7 @@ from linguachain.deploy.local_cluster import LocalCluster, descendant_pids
 from linguachain.deploy.netns import HostNetwork, namespaces_unavailable_reason
 from linguachain.deploy.tls import generate_supernode_key_pair, provision_deployment
 from linguachain.ledger.chain import Ledger, sqlite_url
+from linguachain.privacy.kits import provision as provision_kits
 from postgres_server import postgres_server, postgres_unavailable_reason
 
 NUM_NODES = 3
@@ -42,10 +44,12 @@ pytestmark = pytest.mark.skipif(
 LOOPBACK = "loopback-sqlite" if postgres_unavailable_reason() else "loopback-postgresql"
 
 
-def run_config(wikitext: Path, results: Path, ledger_url: str) -> str:
+def run_config(wikitext: Path, results: Path, kit_dir: Path, ledger_url: str) -> str:
     """Return the `--run-config` of a two-round micro run that tolerates a lost node."""
     return " ".join(
         [
+            "secure_aggregation.scheme='ckks'",
+            f"secure_aggregation.kit_dir='{kit_dir}'",
             f"ledger.url='{ledger_url}'",
             "model.preset='micro'",
             f"data.path='{wikitext}'",
@@ -103,7 +107,9 @@ def test_deployment_tls_auth_and_lost_node(
     results = tmp_path / "results"
     run_folder = results / RUN_ID
     hosts = [network.address(0)] if network else []
-    kits = provision_deployment(tmp_path / "kits", NUM_NODES, superlink_hosts=hosts)
+    kit_dir = tmp_path / "kits"
+    provision_kits(kit_dir, NUM_NODES, paillier=False)
+    kits = provision_deployment(kit_dir, NUM_NODES, superlink_hosts=hosts)
     intruder_key = tmp_path / "intruder" / "supernode.key"
     intruder_key.parent.mkdir()
     intruder_key.write_bytes(generate_supernode_key_pair()[0])
@@ -124,10 +130,11 @@ def test_deployment_tls_auth_and_lost_node(
         assert "Failed to activate SuperNode" in intruder.log_path.read_text()
         assert len(cluster.list_nodes()) == NUM_NODES
 
+        config = run_config(wikitext, results, kit_dir, server_ledger_url)
         run = cluster.start_flwr_command(
             [
                 "run", str(REPO_ROOT), cluster.connection, "--stream",
-                "--run-config", run_config(wikitext, results, server_ledger_url),
+                "--run-config", config,
             ],  # fmt: skip
             name="flwr-run",
         )
@@ -150,6 +157,9 @@ def test_deployment_tls_auth_and_lost_node(
     assert rows[1]["nodes"] == NUM_NODES
     assert rows[2]["nodes"] == NUM_NODES - 1
     assert rows[2]["committed"]
+    # Updates travelled as CKKS ciphertexts (float32 would be 4 bytes per parameter).
+    assert rows[1]["bytes_per_param"] > 30
+    assert rows[1]["rejected_replies"] == 0
 
     summary = json.loads((run_folder / "summary.json").read_text())
     assert summary["ledger"]["valid"]

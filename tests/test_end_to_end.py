@@ -77,7 +77,7 @@ def test_metrics_rows_have_phase_seconds(simulated_run):
     row = json.loads((folder / "metrics.jsonl").read_text().splitlines()[1])
     assert row["tokens"] > 0
     assert row["train_loss"] > 0
-    assert set(row["seconds"]) == {"train", "aggregate", "evaluate", "ledger"}
+    assert set(row["seconds"]) >= {"train", "aggregate", "evaluate", "ledger"}
 
 
 def test_model_reloads_and_generates(simulated_run):

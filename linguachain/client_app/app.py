@@ -22,6 +22,11 @@ from flwr.clientapp import ClientApp
 from linguachain.config import RunConfig, load_config, valid_keys
 from linguachain.client_app.node_config import read_node_config
 from linguachain.client_app.node_data import NodeData, load_node_data
+from linguachain.client_app.secure_update import (
+    encrypt_train_update,
+    handle_decrypt,
+    load_kit,
+)
 from linguachain.logs import configure_logging
 from linguachain.task.evaluate import evaluate
 from linguachain.task.model import build_model, set_weights
@@ -56,8 +61,8 @@ def _node_setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, in
     configure_logging()
     record = msg.content["config"]
     config = config_from_record(record)
-    # NOTE: `kit-path` and `ledger-url` are validated here, but no handler
-    # reads them yet: plaintext FedAvg needs neither a key kit nor a replica.
+    # NOTE: `ledger-url` is validated here, but no handler reads it yet because
+    # nodes keep no ledger replica so far. Secure aggregation reads `kit-path`.
     node = read_node_config(context.node_config)
     if node.data_path:
         config = dataclasses.replace(
@@ -117,7 +122,24 @@ def train(msg: Message, context: Context) -> Message:
     weights = OrderedDict(
         (name, p.detach().numpy()) for name, p in model.named_parameters()
     )
-    content = RecordDict({"arrays": weights_to_arrays(weights), "metrics": metrics})
+    if config.secure_aggregation.scheme == "none":
+        content = RecordDict({"arrays": weights_to_arrays(weights), "metrics": metrics})
+        return Message(content=content, reply_to=msg)
+    if num_examples == 0:
+        # Nothing was trained; the server leaves 0-example replies out.
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    # Secure aggregation: the update leaves the node only as ciphertext.
+    records, secure_metrics = encrypt_train_update(
+        config,
+        load_kit(context, config),
+        arrays_to_weights(msg.content["arrays"]),
+        weights,
+        num_examples,
+        partition_id,
+    )
+    metrics.update(secure_metrics)
+    content = RecordDict({**records, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -133,3 +155,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         metrics.update({"eval-loss": result.loss, "eval-perplexity": result.perplexity})
     content = RecordDict({"metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+# Key holders decrypt summed updates when the server sends "query.decrypt".
+app.query("decrypt")(handle_decrypt)

@@ -350,7 +350,7 @@ def sum_ciphertexts(
             # Without the model length, the first reply fixes the chunk sizes.
             length = _checked_length(public_context, vectors)
         vector_lists.append(vectors)
-    return _add_chunkwise(vector_lists)
+    return add_chunkwise(vector_lists)
 
 
 def sum_replies(
@@ -370,7 +370,7 @@ def sum_replies(
         except InvalidCiphertextError as error:
             raise InvalidCiphertextError(f"reply {position}: {error}") from error
 
-    chunks = _add_chunkwise(vector_lists)
+    chunks = add_chunkwise(vector_lists)
     total_tokens = sum(int(reply.token_count) for reply in replies)
     logger.info(
         "summed %d CKKS replies (%d chunks, %d tokens)",
@@ -413,7 +413,8 @@ def _check_token_count(token_count: object) -> None:
         raise ValueError(f"token count must be positive, got {token_count}")
 
 
-def _add_chunkwise(vector_lists: list[list[ts.CKKSVector]]) -> list[bytes]:
+def add_chunkwise(vector_lists: list[list[ts.CKKSVector]]) -> list[bytes]:
+    """Add validated replies chunk by chunk, in place into the first, and serialize."""
     totals = vector_lists[0]
     for vectors in vector_lists[1:]:
         for total, vector in zip(totals, vectors):

@@ -8,6 +8,10 @@ Layout written by provision:
                       nodes), Paillier public and verification keys, the node's
                       Paillier key share (party index i + 1)
 
+provision(..., paillier=False) skips the Paillier dealing, which takes seconds for
+safe primes, and writes kits with CKKS keys only; their kit.json has "paillier":
+null and the loaded kits have None in every Paillier field.
+
 kit.json is the manifest: role, node index, parameter names, key fingerprints and a
 "files" mapping from a key name to a file in the kit folder, so BLS keys and TLS
 material can be added as more entries. CKKS contexts are raw TenSEAL serialization
@@ -73,9 +77,9 @@ class NodeKit:
     ckks_parameter_set: str
     ckks_context: ts.Context
     ckks_fingerprint: str
-    paillier_public_key: PaillierPublicKey
-    paillier_verification_keys: ThresholdVerificationKeys
-    paillier_key_share: PaillierKeyShare
+    paillier_public_key: PaillierPublicKey | None
+    paillier_verification_keys: ThresholdVerificationKeys | None
+    paillier_key_share: PaillierKeyShare | None
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,8 @@ class ServerKit:
     ckks_parameter_set: str
     ckks_context: ts.Context
     ckks_fingerprint: str
-    paillier_public_key: PaillierPublicKey
-    paillier_verification_keys: ThresholdVerificationKeys
+    paillier_public_key: PaillierPublicKey | None
+    paillier_verification_keys: ThresholdVerificationKeys | None
 
 
 def provision(
@@ -97,6 +101,7 @@ def provision(
     ckks_parameter_set: str = "sum",
     paillier_modulus_bits: int = DEFAULT_MODULUS_BITS,
     threshold: int | None = None,
+    paillier: bool = True,
 ) -> KitPaths:
     """Generate all keys and write one kit per node plus one for the server."""
     if num_nodes < 1:
@@ -117,63 +122,71 @@ def provision(
     secret_context_bytes = ckks.serialize_context(secret_context, save_secret_key=True)
     public_context_bytes = ckks.serialize_context(secret_context, save_secret_key=False)
     fingerprint = ckks.context_fingerprint(secret_context)
-    dealing = deal_threshold_keys(num_nodes, threshold, paillier_modulus_bits)
-    public_key_json = _to_json(dealing.public_key.to_dict())
-    verification_json = _to_json(dealing.verification_keys.to_dict())
-
-    paillier_info = {
-        "key_id": dealing.public_key.key_id,
-        "modulus_bits": dealing.public_key.modulus_bits,
-        "num_parties": dealing.verification_keys.num_parties,
-        "threshold": dealing.verification_keys.threshold,
-    }
     ckks_info = {
         "parameter_set": ckks_parameter_set,
         "context_fingerprint": fingerprint,
     }
+    server_files = {FILE_CKKS_CONTEXT: (_CKKS_PUBLIC_FILE, public_context_bytes)}
+    paillier_info: dict[str, Any] | None = None
+    key_shares: list[PaillierKeyShare | None] = [None] * num_nodes
+    if paillier:
+        dealing = deal_threshold_keys(num_nodes, threshold, paillier_modulus_bits)
+        paillier_info = {
+            "key_id": dealing.public_key.key_id,
+            "modulus_bits": dealing.public_key.modulus_bits,
+            "num_parties": dealing.verification_keys.num_parties,
+            "threshold": dealing.verification_keys.threshold,
+        }
+        server_files[FILE_PAILLIER_PUBLIC_KEY] = (
+            _FILE_NAMES[FILE_PAILLIER_PUBLIC_KEY],
+            _to_json(dealing.public_key.to_dict()),
+        )
+        server_files[FILE_PAILLIER_VERIFICATION_KEYS] = (
+            _FILE_NAMES[FILE_PAILLIER_VERIFICATION_KEYS],
+            _to_json(dealing.verification_keys.to_dict()),
+        )
+        key_shares = list(dealing.key_shares)
 
     server_path = out_path / SERVER_DIR
     _make_private_dir(server_path)
-    server_files = {
-        FILE_CKKS_CONTEXT: (_CKKS_PUBLIC_FILE, public_context_bytes),
-        FILE_PAILLIER_PUBLIC_KEY: (
-            _FILE_NAMES[FILE_PAILLIER_PUBLIC_KEY],
-            public_key_json,
-        ),
-        FILE_PAILLIER_VERIFICATION_KEYS: (
-            _FILE_NAMES[FILE_PAILLIER_VERIFICATION_KEYS],
-            verification_json,
-        ),
-    }
     _write_kit(server_path, "server", None, ckks_info, paillier_info, server_files)
 
     node_paths = []
-    for node_index, key_share in enumerate(dealing.key_shares):
+    for node_index, key_share in enumerate(key_shares):
         node_path = kit_folders[node_index + 1]
         _make_private_dir(node_path)
         node_files = {
             **server_files,
             FILE_CKKS_CONTEXT: (_CKKS_SECRET_FILE, secret_context_bytes),
-            FILE_PAILLIER_KEY_SHARE: (
+        }
+        node_paillier_info = None
+        if key_share is not None and paillier_info is not None:
+            node_files[FILE_PAILLIER_KEY_SHARE] = (
                 _FILE_NAMES[FILE_PAILLIER_KEY_SHARE],
                 _to_json(key_share.to_dict()),
-            ),
-        }
-        node_paillier_info = {**paillier_info, "party_index": key_share.party_index}
+            )
+            node_paillier_info = {
+                **paillier_info,
+                "party_index": key_share.party_index,
+            }
         _write_kit(
             node_path, "node", node_index, ckks_info, node_paillier_info, node_files
         )
         node_paths.append(node_path)
 
+    if paillier_info is None:
+        paillier_text = "no Paillier key"
+    else:
+        paillier_text = (
+            f"{paillier_info['threshold']}-of-{num_nodes} Paillier key "
+            f"{paillier_info['key_id'][:16]}"
+        )
     logger.info(
-        "provisioned kits for %d nodes and the server in %s (CKKS %r, "
-        "%d-of-%d Paillier key %s)",
+        "provisioned kits for %d nodes and the server in %s (CKKS %r, %s)",
         num_nodes,
         out_path,
         ckks_parameter_set,
-        paillier_info["threshold"],
-        num_nodes,
-        dealing.public_key.key_id[:16],
+        paillier_text,
     )
     return KitPaths(server=server_path, nodes=node_paths)
 
@@ -193,20 +206,9 @@ def load_node_kit(path: str | os.PathLike[str]) -> NodeKit:
         )
     fingerprint = _check_ckks(kit_path, manifest, context)
     public_key, verification_keys = _load_paillier_public(kit_path, manifest)
-
-    share_file = _read_file(kit_path, manifest, FILE_PAILLIER_KEY_SHARE)
-    key_share = PaillierKeyShare.from_dict(json.loads(share_file))
-    if key_share.key_id != public_key.key_id:
-        raise ValueError(
-            f"Paillier key share in {kit_path} belongs to another key; re-provision "
-            "the kits"
-        )
-    if key_share.party_index != manifest["paillier"]["party_index"]:
-        raise ValueError(
-            f"Paillier key share in {kit_path} is for party "
-            f"{key_share.party_index}, but kit.json says "
-            f"{manifest['paillier']['party_index']}"
-        )
+    key_share = None
+    if public_key is not None:
+        key_share = _load_key_share(kit_path, manifest, public_key)
 
     return NodeKit(
         path=kit_path,
@@ -253,7 +255,7 @@ def _write_kit(
     role: str,
     node_index: int | None,
     ckks_info: dict[str, Any],
-    paillier_info: dict[str, Any],
+    paillier_info: dict[str, Any] | None,
     files: dict[str, tuple[str, bytes]],
 ) -> None:
     for file_name, data in files.values():
@@ -348,9 +350,30 @@ def _check_ckks(kit_path: Path, manifest: dict[str, Any], context: ts.Context) -
     return fingerprint
 
 
+def _load_key_share(
+    kit_path: Path, manifest: dict[str, Any], public_key: PaillierPublicKey
+) -> PaillierKeyShare:
+    share_file = _read_file(kit_path, manifest, FILE_PAILLIER_KEY_SHARE)
+    key_share = PaillierKeyShare.from_dict(json.loads(share_file))
+    if key_share.key_id != public_key.key_id:
+        raise ValueError(
+            f"Paillier key share in {kit_path} belongs to another key; re-provision "
+            "the kits"
+        )
+    if key_share.party_index != manifest["paillier"]["party_index"]:
+        raise ValueError(
+            f"Paillier key share in {kit_path} is for party "
+            f"{key_share.party_index}, but kit.json says "
+            f"{manifest['paillier']['party_index']}"
+        )
+    return key_share
+
+
 def _load_paillier_public(
     kit_path: Path, manifest: dict[str, Any]
-) -> tuple[PaillierPublicKey, ThresholdVerificationKeys]:
+) -> tuple[PaillierPublicKey | None, ThresholdVerificationKeys | None]:
+    if manifest.get("paillier") is None:
+        return None, None
     public_key = PaillierPublicKey.from_dict(
         json.loads(_read_file(kit_path, manifest, FILE_PAILLIER_PUBLIC_KEY))
     )

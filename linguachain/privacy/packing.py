@@ -10,8 +10,12 @@ max_parties slot values never carries into the next slot. That headroom lets the
 server add packed ciphertexts, as in BatchCrypt. A plaintext contains
 floor((modulus_bits - 1) / slot_bits) slots, so it stays below 2^(modulus_bits - 1),
 which is at most n. Unpacking a sum of k replies subtracts k * Q from each slot and
-divides by 2^f. Weighting by token counts is the caller's job: scale the values
-before packing and choose R for the scaled range.
+divides by 2^f.
+
+Weighted sums: pack(values, weight=w) packs w * u per slot, so a reply of weight w
+counts as w parties. The sum of w_i * (q_i + Q) unpacks with num_parties = sum of
+w_i to sum(w_i * q_i) / 2^f, which is exact integer arithmetic on the quantized
+values; max_parties then bounds the total weight.
 
 Sizes for the default layout (R = 1, f = 16, max_parties = 100, 2048-bit n):
 24-bit slots, 85 slots per ciphertext, 512-byte ciphertexts, 6.0 B/param. These
@@ -132,9 +136,14 @@ class FixedPointPacking:
             )
         return clipped.astype(np.int64) + self.offset
 
-    def pack(self, values: np.ndarray) -> list[int]:
-        """Quantize values and pack them, slot 0 in the lowest bits, into plaintexts."""
-        slot_values = self.quantize(values).tolist()
+    def pack(self, values: np.ndarray, weight: int = 1) -> list[int]:
+        """Quantize values, multiply by weight and pack them, slot 0 lowest."""
+        if isinstance(weight, bool) or not 1 <= int(weight) <= self.max_parties:
+            raise ValueError(
+                f"weight {weight!r} is outside [1, {self.max_parties}]; slots have "
+                f"headroom for a total weight of max_parties={self.max_parties}"
+            )
+        slot_values = [int(weight) * value for value in self.quantize(values).tolist()]
         slots = self.slots_per_plaintext
         plaintexts = []
         for start in range(0, len(slot_values), slots):

@@ -189,13 +189,22 @@ def deal_threshold_keys(
     num_parties: int,
     threshold: int | None = None,
     modulus_bits: int = DEFAULT_MODULUS_BITS,
+    safe_primes: tuple[int, int] | None = None,
 ) -> ThresholdDealing:
-    """Generate a Paillier key with safe primes and deal t-of-l shares of it."""
+    """Generate a Paillier key with safe primes and deal t-of-l shares of it.
+
+    safe_primes reuses a pair from generate_prime_pair(bits, safe_primes=True),
+    which benchmarks use to deal for several party counts without minutes of
+    prime generation; a deployment leaves it None.
+    """
     if threshold is None:
         threshold = default_threshold(num_parties)
     check_threshold(num_parties, threshold)
 
-    p, q = generate_prime_pair(modulus_bits, safe_primes=True)
+    if safe_primes is None:
+        p, q = generate_prime_pair(modulus_bits, safe_primes=True)
+    else:
+        p, q = safe_primes
     n = p * q
     m = (p - 1) // 2 * ((q - 1) // 2)
     n_times_m = n * m

@@ -34,6 +34,7 @@ from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
+from linguachain.server_app.provisioning import prepare_kits
 from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools, split_held_out
 from linguachain.task.evaluate import evaluate
@@ -158,7 +159,9 @@ class RoundCommitter:
                 "aggregate": stats.aggregate_seconds if stats else 0.0,
                 "evaluate": evaluate_seconds,
                 "ledger": ledger_seconds,
+                **(stats.phase_seconds if stats else {}),
             },
+            **(stats.extra if stats else {}),
         }
         self.folder.append_metrics(row)
         self.history.append(row)
@@ -203,6 +206,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     ledger_url = config.ledger.url or sqlite_url(folder.path / "ledger.db")
     ledger = Ledger(ledger_url)
 
+    config = prepare_kits(config, folder.path, grid)
     strategy = build_strategy(config)
     committer = RoundCommitter(config, task, strategy, ledger, folder)
     strategy.extra_records[TOKENIZER_RECORD] = ConfigRecord(

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -38,6 +39,11 @@ class RoundStats:
     aggregate_seconds: float = 0.0
     train_loss: float | None = None
     error_reasons: list[str] = field(default_factory=list)
+    # Seconds of further phases (secure aggregation: encrypt, sum, decrypt),
+    # written into the "seconds" of the round's metrics line.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    # Further values for the round's metrics line (bytes_per_param, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -169,6 +175,10 @@ def build_strategy(config: RunConfig) -> RoundRecorder:
         train_metrics_aggr_fn=weighted_metrics,
         evaluate_metrics_aggr_fn=weighted_metrics,
     )
+    if config.secure_aggregation.scheme != "none":
+        from linguachain.strategies.secure_fedavg import build_secure_strategy
+
+        return build_secure_strategy(config, common)
     if config.aggregation.name == "fedavgm":
         return LinguaChainFedAvgM(
             **common,

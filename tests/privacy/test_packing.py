@@ -155,3 +155,26 @@ def test_unpack_bits_above_last_slot_raise() -> None:
 def test_invalid_layout_raises(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FixedPointPacking(**kwargs)
+
+
+def test_weighted_pack_sums_exactly() -> None:
+    packing = FixedPointPacking(clip_range=0.25, max_parties=1000, modulus_bits=1024)
+    rng = np.random.default_rng(3)
+    vectors = [rng.normal(0, 0.05, 300) for _ in range(3)]
+    weights = [7, 300, 693]
+    packed = [packing.pack(v, w) for v, w in zip(vectors, weights)]
+    # Slot-wise integer addition is what multiplying Paillier ciphertexts does.
+    sums = [sum(column) for column in zip(*packed)]
+    got = packing.unpack_sum(sums, 300, sum(weights))
+
+    quantized = [np.rint(v * packing.scale) for v in vectors]
+    expected = sum(w * q for w, q in zip(weights, quantized)) / packing.scale
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_weight_above_headroom_raises() -> None:
+    packing = FixedPointPacking(max_parties=10)
+    with pytest.raises(ValueError, match="max_parties=10"):
+        packing.pack(np.zeros(3), 11)
+    with pytest.raises(ValueError, match="outside"):
+        packing.pack(np.zeros(3), 0)

@@ -1,0 +1,588 @@
+"""FedAvg over encrypted updates: validate, sum ciphertexts, have key holders decrypt.
+
+The server never has a secret key. Each round `SecureAggregator.aggregate_train`
+runs four steps, each a method that subclasses can override (encrypted robust
+aggregation, for example, scores the loaded replies before summing them):
+
+1. `load_replies`: check every reply (commitment, scheme, key fingerprint, chunk
+   count and sizes, token count) and deserialize its ciphertext; an invalid reply
+   is left out with a logged reason naming the node. With fewer than
+   `secure_aggregation.min_replies` valid replies the round is rejected.
+2. `sum_replies`: add the ciphertexts homomorphically.
+3. `decrypt_sum`: CKKS sends the sum as a "query.decrypt" message to
+   `ckks_decryptors` nodes of the key committee, whose averages must agree within
+   `ckks_tolerance`; Paillier sends it to every node holding a key share, verifies
+   each partial decryption's proof and combines t of them. A failed decryption
+   rejects the round.
+4. `apply_update`: the new global model is the old one plus the decrypted
+   weighted average update.
+
+A rejected round returns no arrays, so Flower keeps the global model unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedAvgM
+
+from linguachain.config import RunConfig, SecureAggregationConfig
+from linguachain.privacy import paillier
+from linguachain.privacy.codec import flatten_update, unflatten_update, update_shapes
+from linguachain.privacy.errors import (
+    InsufficientSharesError,
+    InvalidCiphertextError,
+    InvalidPartialDecryptionError,
+)
+from linguachain.privacy.kits import SERVER_DIR, load_server_kit
+from linguachain.privacy.records import (
+    CIPHERTEXT_RECORD,
+    DECRYPT_MESSAGE_TYPE,
+    DECRYPT_RECORD,
+    PLAINTEXT_RECORD,
+    chunks_to_record,
+    partial_from_content,
+    update_from_content,
+)
+from linguachain.privacy.secure_sum import (
+    CKKS,
+    CKKSAggregator,
+    PaillierAggregator,
+    PaillierSettings,
+    aggregation_weight,
+)
+from linguachain.privacy.threshold import PartialDecryption, verify_partial_decryption
+from linguachain.strategies.recording import NUM_EXAMPLES_KEY, RoundRecorder, RoundStats
+
+logger = logging.getLogger(__name__)
+
+AVERAGE_KEY = "average"
+CONFIG_RECORD = "config"
+
+
+class RoundRejectedError(RuntimeError):
+    """Secure aggregation cannot produce a trustworthy model for this round."""
+
+
+@dataclass
+class LoadedReply:
+    """A validated encrypted reply with its deserialized ciphertext."""
+
+    node_id: int
+    token_count: int
+    weight: int
+    ciphertext: Any
+    num_bytes: int
+    commitment: str
+    content: RecordDict
+
+
+class SecureAggregator(FedAvg):
+    """Flower FedAvg whose replies are ciphertexts; see the module docstring."""
+
+    def __init__(
+        self,
+        *args: Any,
+        cipher: CKKSAggregator | PaillierAggregator | None = None,
+        settings: SecureAggregationConfig | None = None,
+        block_size: int = 128,
+        decrypt_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Flower's FedAvgM passes only FedAvg's arguments on to this class, so a
+        # strategy built through it calls set_cipher after construction.
+        super().__init__(*args, **kwargs)
+        self.cipher: CKKSAggregator | PaillierAggregator | None = None
+        self.settings = settings or SecureAggregationConfig()
+        self.block_size = block_size
+        self.decrypt_timeout = decrypt_timeout
+        if cipher is not None:
+            self.set_cipher(cipher, self.settings, block_size, decrypt_timeout)
+        # SHA-256 commitments of the aggregated replies per round, by node id.
+        self.commitments: dict[int, dict[int, str]] = {}
+        self._grid: Grid | None = None
+        self._global_arrays: ArrayRecord | None = None
+        self._train_config: ConfigRecord | None = None
+
+    def set_cipher(
+        self,
+        cipher: CKKSAggregator | PaillierAggregator,
+        settings: SecureAggregationConfig,
+        block_size: int,
+        decrypt_timeout: float | None,
+    ) -> None:
+        """Set the scheme's aggregator and the secure aggregation settings."""
+        if settings.scheme != cipher.scheme:
+            raise ValueError(
+                f"secure_aggregation.scheme is {settings.scheme!r}, but the cipher "
+                f"is for {cipher.scheme!r}"
+            )
+        self.cipher = cipher
+        self.settings = settings
+        self.block_size = block_size
+        self.decrypt_timeout = decrypt_timeout
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global model and grid, then sample nodes as FedAvg does."""
+        self._grid = grid
+        self._global_arrays = arrays
+        self._train_config = config
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate, sum and decrypt the encrypted updates into a new global model."""
+        if self._global_arrays is None or self.cipher is None:
+            raise RuntimeError(
+                "aggregate_train called before set_cipher and configure_train"
+            )
+        stats = self._stats(server_round)
+        replies = [reply for reply in replies if not reply.has_error()]
+
+        # Validate every reply and keep the valid ones.
+        loaded = self.load_replies(server_round, replies)
+        stats.extra["rejected_replies"] = len(replies) - len(loaded)
+        stats.replies = len(loaded)
+        stats.num_examples = sum(reply.token_count for reply in loaded)
+        if loaded:
+            self._record_node_costs(stats, loaded)
+        if len(loaded) < self.settings.min_replies:
+            return self._reject(
+                server_round,
+                f"{len(loaded)} valid encrypted replies, fewer than "
+                f"secure_aggregation.min_replies={self.settings.min_replies}",
+            )
+
+        # Sum the ciphertexts, then have key holders decrypt the sum.
+        try:
+            started = time.perf_counter()
+            summed = self.sum_replies(server_round, loaded)
+            stats.phase_seconds["sum"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            total_weight = sum(reply.weight for reply in loaded)
+            average = self.decrypt_sum(server_round, summed, total_weight, len(loaded))
+            stats.phase_seconds["decrypt"] = time.perf_counter() - started
+        except RoundRejectedError as error:
+            return self._reject(server_round, str(error))
+
+        self.commitments[server_round] = {
+            reply.node_id: reply.commitment for reply in loaded
+        }
+        arrays = self.apply_update(average)
+        metrics = self.train_metrics_aggr_fn(
+            [reply.content for reply in loaded], self.weighted_by_key
+        )
+        logger.info(
+            "Round %d: securely aggregated %d replies (%s, %.1f B/param): sum %.2f s, "
+            "decryption %.2f s",
+            server_round,
+            len(loaded),
+            self.cipher.scheme,
+            stats.extra.get("bytes_per_param", 0.0),
+            stats.phase_seconds["sum"],
+            stats.phase_seconds["decrypt"],
+        )
+        return arrays, metrics
+
+    def load_replies(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> list[LoadedReply]:
+        """Validate and deserialize each reply; log and drop the invalid ones."""
+        length = self._model_length()
+        loaded = []
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            try:
+                loaded.append(self._load_reply(reply, length))
+            except (InvalidCiphertextError, ValueError) as error:
+                reason = f"node {node_id}: {error}"
+                self._stats(server_round).error_reasons.append(reason)
+                logger.warning(
+                    "Round %d: rejected the encrypted reply of node %d: %s",
+                    server_round,
+                    node_id,
+                    error,
+                )
+        return loaded
+
+    def sum_replies(self, server_round: int, loaded: list[LoadedReply]) -> list[bytes]:
+        """Add the loaded ciphertexts homomorphically and serialize the sum."""
+        if isinstance(self.cipher, PaillierAggregator):
+            total_weight = sum(reply.weight for reply in loaded)
+            if total_weight > self.settings.max_total_blocks:
+                raise RoundRejectedError(
+                    f"the replies' total weight of {total_weight} blocks exceeds "
+                    "the Paillier slot headroom secure_aggregation.max_total_blocks="
+                    f"{self.settings.max_total_blocks}; raise it"
+                )
+        return self.cipher.add([reply.ciphertext for reply in loaded])
+
+    def decrypt_sum(
+        self,
+        server_round: int,
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
+    ) -> np.ndarray:
+        """Have key holders decrypt the sum; return the weighted average update."""
+        if isinstance(self.cipher, CKKSAggregator):
+            return self._decrypt_ckks(server_round, summed, total_weight, num_replies)
+        return self._decrypt_paillier(server_round, summed, total_weight, num_replies)
+
+    def apply_update(self, average: np.ndarray) -> ArrayRecord:
+        """Return the global model plus the average update, in the global dtypes."""
+        assert self._global_arrays is not None
+        names = list(self._global_arrays.keys())
+        arrays = [array.numpy() for array in self._global_arrays.values()]
+        flat = flatten_update(arrays) + average
+        updated = unflatten_update(flat, update_shapes(arrays))
+        return ArrayRecord(
+            OrderedDict(
+                (name, Array(new.astype(old.dtype)))
+                for name, new, old in zip(names, updated, arrays)
+            )
+        )
+
+    # Decryption protocols.
+
+    def _decrypt_ckks(
+        self,
+        server_round: int,
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
+    ) -> np.ndarray:
+        required = self.settings.ckks_decryptors
+        committee = self._committee(required)
+        if len(committee) < required:
+            raise RoundRejectedError(
+                f"CKKS decryption needs {required} nodes of the key committee, but "
+                f"only {len(committee)} are connected; lower "
+                "secure_aggregation.ckks_decryptors"
+            )
+        replies = self._send_decrypt_requests(
+            server_round, committee, summed, total_weight, num_replies
+        )
+
+        length = self._model_length()
+        results: dict[int, np.ndarray] = {}
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                logger.warning(
+                    "Round %d: node %d failed to decrypt: %s",
+                    server_round,
+                    node_id,
+                    reply.error.reason,
+                )
+                continue
+            try:
+                average = reply.content[PLAINTEXT_RECORD][AVERAGE_KEY].numpy()
+            except (KeyError, TypeError, ValueError) as error:
+                logger.warning(
+                    "Round %d: node %d sent an unreadable decryption: %s",
+                    server_round,
+                    node_id,
+                    error,
+                )
+                continue
+            if average.shape != (length,) or not np.all(np.isfinite(average)):
+                logger.warning(
+                    "Round %d: node %d sent a decryption of shape %s with non-finite "
+                    "values or the wrong length (expected %d)",
+                    server_round,
+                    node_id,
+                    average.shape,
+                    length,
+                )
+                continue
+            results[node_id] = np.asarray(average, dtype=np.float64)
+
+        if len(results) < required:
+            raise RoundRejectedError(
+                f"only {len(results)} of the {required} CKKS decryptors "
+                f"{sorted(committee)} returned a valid decryption"
+            )
+        # Honest key holders decrypt the same ciphertext to the same values, so
+        # a larger difference means a faulty or dishonest decryptor.
+        node_ids = sorted(results)
+        reference = results[node_ids[0]]
+        for node_id in node_ids[1:]:
+            difference = float(np.max(np.abs(results[node_id] - reference)))
+            if difference > self.settings.ckks_tolerance:
+                raise RoundRejectedError(
+                    f"CKKS decryptions of nodes {node_ids[0]} and {node_id} differ by "
+                    f"up to {difference:.3g}, above secure_aggregation.ckks_tolerance="
+                    f"{self.settings.ckks_tolerance:g}"
+                )
+        return reference
+
+    def _decrypt_paillier(
+        self,
+        server_round: int,
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
+    ) -> np.ndarray:
+        assert isinstance(self.cipher, PaillierAggregator)
+        verification_keys = self.cipher.verification_keys
+        threshold = verification_keys.threshold
+        committee = self._committee(None)
+        replies = self._send_decrypt_requests(
+            server_round, committee, summed, total_weight, num_replies
+        )
+        ciphertexts = self.cipher.parse_sum(summed)
+
+        partials: dict[int, PartialDecryption] = {}
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                logger.warning(
+                    "Round %d: node %d sent no partial decryption: %s",
+                    server_round,
+                    node_id,
+                    reply.error.reason,
+                )
+                continue
+            try:
+                partial = self._read_partial(reply, len(ciphertexts))
+                verify_partial_decryption(verification_keys, ciphertexts, partial)
+            except (
+                InvalidPartialDecryptionError,
+                InvalidCiphertextError,
+                ValueError,
+            ) as error:
+                logger.warning(
+                    "Round %d: rejected the partial decryption of node %d: %s",
+                    server_round,
+                    node_id,
+                    error,
+                )
+                self._stats(server_round).error_reasons.append(
+                    f"node {node_id}: {error}"
+                )
+                continue
+            if partial.party_index in partials:
+                logger.warning(
+                    "Round %d: node %d sent a second share of party %d; ignored",
+                    server_round,
+                    node_id,
+                    partial.party_index,
+                )
+                continue
+            partials[partial.party_index] = partial
+
+        if len(partials) < threshold:
+            error = InsufficientSharesError(
+                f"{len(partials)} valid Paillier partial decryptions (parties "
+                f"{sorted(partials)}) from {len(committee)} nodes asked, but the "
+                f"threshold is {threshold}"
+            )
+            raise RoundRejectedError(str(error))
+        try:
+            return self.cipher.combine(
+                ciphertexts, list(partials.values()), total_weight, self._model_length()
+            )
+        except ValueError as error:
+            # Unpacking fails when a slot overflowed, which verified shares of
+            # honest replies never cause.
+            raise RoundRejectedError(
+                f"the combined Paillier plaintexts do not unpack: {error}"
+            ) from error
+
+    def _read_partial(self, reply: Message, count: int) -> PartialDecryption:
+        assert isinstance(self.cipher, PaillierAggregator)
+        party_index, key_id, values_bytes, proof = partial_from_content(reply.content)
+        public_key = self.cipher.public_key
+        if key_id != public_key.key_id:
+            raise ValueError(
+                f"partial decryption is for key {key_id[:16]}..., not "
+                f"{public_key.key_id[:16]}..."
+            )
+        values = paillier.ciphertexts_from_bytes(public_key, values_bytes)
+        if len(values) != count:
+            raise ValueError(f"{len(values)} partial values for {count} ciphertexts")
+        return PartialDecryption(
+            party_index=party_index, values=tuple(values), proof=proof
+        )
+
+    def _send_decrypt_requests(
+        self,
+        server_round: int,
+        node_ids: list[int],
+        summed: list[bytes],
+        total_weight: int,
+        num_replies: int,
+    ) -> list[Message]:
+        assert self._grid is not None and self._train_config is not None
+        request = ConfigRecord(
+            {
+                "scheme": self.cipher.scheme,
+                "server-round": server_round,
+                "key-fingerprint": self.cipher.fingerprint,
+                "total-weight": total_weight,
+                "length": self._model_length(),
+                "num-replies": num_replies,
+            }
+        )
+        ciphertext = chunks_to_record(summed, self.cipher.scheme)
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        DECRYPT_RECORD: request,
+                        CIPHERTEXT_RECORD: ciphertext,
+                        CONFIG_RECORD: self._train_config,
+                    }
+                ),
+                dst_node_id=node_id,
+                message_type=DECRYPT_MESSAGE_TYPE,
+            )
+            for node_id in node_ids
+        ]
+        logger.info(
+            "Round %d: sent the %s sum of %d replies to nodes %s for decryption",
+            server_round,
+            self.cipher.scheme,
+            num_replies,
+            node_ids,
+        )
+        return list(self._grid.send_and_receive(messages, timeout=self.decrypt_timeout))
+
+    def _committee(self, size: int | None) -> list[int]:
+        """Return the first `size` connected nodes (all of them for None)."""
+        assert self._grid is not None
+        node_ids = sorted(self._grid.get_node_ids())
+        return node_ids if size is None else node_ids[:size]
+
+    # Bookkeeping.
+
+    def _load_reply(self, reply: Message, length: int) -> LoadedReply:
+        update = update_from_content(reply.content)
+        ciphertext = self.cipher.load(update, length)
+        token_count = int(update.token_count or 0)
+        metrics = next(iter(reply.content.metric_records.values()), None)
+        reported = None if metrics is None else metrics.get(NUM_EXAMPLES_KEY)
+        if reported != token_count:
+            raise InvalidCiphertextError(
+                f"token count {token_count} differs from the {NUM_EXAMPLES_KEY!r} "
+                f"metric {reported!r}"
+            )
+        return LoadedReply(
+            node_id=reply.metadata.src_node_id,
+            token_count=token_count,
+            weight=aggregation_weight(token_count, self.block_size),
+            ciphertext=ciphertext,
+            num_bytes=update.num_bytes,
+            commitment=update.commitment,
+            content=reply.content,
+        )
+
+    def _model_length(self) -> int:
+        assert self._global_arrays is not None
+        return sum(int(array.numpy().size) for array in self._global_arrays.values())
+
+    def _stats(self, server_round: int) -> RoundStats:
+        round_stats = getattr(self, "round_stats", None)
+        if round_stats is None:
+            round_stats = self.round_stats = {}
+        return round_stats.setdefault(server_round, RoundStats())
+
+    def _record_node_costs(self, stats: RoundStats, loaded: list[LoadedReply]) -> None:
+        length = self._model_length()
+        seconds = [
+            float(
+                next(iter(r.content.metric_records.values())).get(
+                    "encrypt-seconds", 0.0
+                )
+            )
+            for r in loaded
+        ]
+        stats.phase_seconds["encrypt"] = float(np.mean(seconds))
+        stats.extra["bytes_per_param"] = float(
+            np.mean([reply.num_bytes for reply in loaded]) / length
+        )
+
+    def _reject(
+        self, server_round: int, reason: str
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self._stats(server_round).extra["rejected"] = reason
+        logger.error(
+            "Round %d rejected: %s; the global model is unchanged", server_round, reason
+        )
+        return None, None
+
+
+class LinguaChainSecureFedAvg(RoundRecorder, SecureAggregator):
+    """Secure aggregation with empty-reply filtering and phase timing."""
+
+
+class LinguaChainSecureFedAvgM(RoundRecorder, FedAvgM, SecureAggregator):
+    """Secure aggregation followed by FedAvgM's server momentum step."""
+
+
+def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRecorder:
+    """Build the secure strategy from the server kit in secure_aggregation.kit_dir."""
+    secure = config.secure_aggregation
+    if not secure.kit_dir:
+        raise ValueError(
+            "secure_aggregation.kit_dir is empty; call prepare_kits before building "
+            "the strategy, or run `linguachain provision` and set the key"
+        )
+    kit = load_server_kit(Path(secure.kit_dir) / SERVER_DIR)
+    if secure.scheme == CKKS and kit.ckks_parameter_set != secure.ckks_parameters:
+        raise ValueError(
+            f"server kit {kit.path} uses CKKS parameter set "
+            f"{kit.ckks_parameter_set!r}, but secure_aggregation.ckks_parameters is "
+            f"{secure.ckks_parameters!r}; set it to match or re-provision the kits"
+        )
+    cipher: CKKSAggregator | PaillierAggregator
+    if secure.scheme == CKKS:
+        cipher = CKKSAggregator(kit.ckks_context)
+    else:
+        if kit.paillier_verification_keys is None:
+            raise ValueError(
+                f"server kit {kit.path} contains no Paillier keys; provision kits with "
+                "Paillier keys for secure_aggregation.scheme=paillier"
+            )
+        cipher = PaillierAggregator(
+            kit.paillier_verification_keys,
+            PaillierSettings(
+                clip_range=secure.clip_range,
+                precision_bits=secure.precision_bits,
+                max_total_weight=secure.max_total_blocks,
+            ),
+        )
+    strategy: LinguaChainSecureFedAvg | LinguaChainSecureFedAvgM
+    if config.aggregation.name == "fedavgm":
+        strategy = LinguaChainSecureFedAvgM(
+            **common,
+            server_learning_rate=config.aggregation.server_lr,
+            server_momentum=config.aggregation.server_momentum,
+        )
+    else:
+        strategy = LinguaChainSecureFedAvg(**common)
+    strategy.set_cipher(
+        cipher, secure, config.data.block_size, config.federation.timeout
+    )
+    return strategy
