@@ -51,6 +51,8 @@ def base_overrides(args: argparse.Namespace) -> dict:
         "federation.num_nodes": args.nodes,
         "output.save_model": False,
         "output.max_new_tokens": 4,
+        # Plaintext FedAvg: CKKS gives the same average within 1e-6 but is slower.
+        "secure_aggregation.scheme": "none",
     }
 
 

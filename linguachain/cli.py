@@ -1,4 +1,4 @@
-"""The `linguachain` command line: SuperLinks, kits, deployment, ledger, generation."""
+"""The `linguachain` command line: SuperLinks, kits, deployment, ledger, reports."""
 
 from __future__ import annotations
 
@@ -259,6 +259,21 @@ def provision(
     typer.echo(
         f"Keep {deployment.ca_private_key} offline; no host needs it to run."
     )
+
+
+@app.command()
+def report(
+    run: Path = typer.Option(..., help="Run folder (results/<run-id>/) to report on."),
+) -> None:
+    """Rebuild a run's self-contained report.html from its folder."""
+    from linguachain.server_app.report import write_report
+
+    try:
+        path = write_report(run)
+    except FileNotFoundError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(str(path))
 
 
 @app.command()

@@ -3,20 +3,28 @@
 Hydra composes `conf/` over the typed schema registered below; each job is
 validated by `linguachain.config` exactly as `flwr run` is, then runs
 `flwr.simulation.run_simulation` with its own results folder and ledger
-(the job's Hydra output folder). `-m` sweeps over any key, one job at a time.
+(the job's Hydra output folder). `-m` sweeps over any key, one job at a time;
+a failed job writes `failed.json` and the sweep goes on, and after the last job
+`linguachain.sweep_summary` writes the sweep's table and plots.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from linguachain.config import ConfigError, RunConfig, from_nested, valid_keys
+from linguachain.sweep_summary import write_failed_job
+
+logger = logging.getLogger(__name__)
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)
 
@@ -73,7 +81,15 @@ def run_job(nested: dict, output_dir: Path) -> dict:
 def _hydra_main(cfg: DictConfig) -> float:
     nested = OmegaConf.to_container(cfg, resolve=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_job(nested, output_dir)
+    # A failed job is recorded for the sweep summary and the sweep goes on.
+    try:
+        summary = run_job(nested, output_dir)
+    except Exception as error:  # noqa: BLE001 - any job failure is reported, not raised
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        logger.exception("Sweep job in %s failed: %s", output_dir, error)
+        write_failed_job(output_dir, error)
+        return math.nan
     return float(summary["final_test_perplexity"])
 
 

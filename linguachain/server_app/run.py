@@ -32,6 +32,7 @@ from linguachain.client_app.app import (
 from linguachain.config import RunConfig, flatten
 from linguachain.ledger.chain import Ledger, sqlite_url
 from linguachain.ledger.hashing import hash_json, hash_weights
+from linguachain.server_app.report import write_run_report
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
 from linguachain.server_app.provisioning import prepare_kits
@@ -152,6 +153,9 @@ class RoundCommitter:
             "train_loss": stats.train_loss if stats else None,
             "nodes": stats.replies if stats else 0,
             "tokens": stats.num_examples if stats else 0,
+            "node_tokens": (
+                {str(k): v for k, v in stats.node_examples.items()} if stats else {}
+            ),
             "committed": committed,
             "model_hash": model_hash,
             "seconds": {
@@ -248,6 +252,7 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     }
     folder.write_json("summary.json", summary)
     folder.plot_perplexity()
+    write_run_report(folder.path)
     logger.info(
         "Finished %d rounds in %.0f s: held-out perplexity %.1f -> %.1f; results in %s",
         config.train.rounds,

@@ -38,6 +38,8 @@ class RoundStats:
     train_seconds: float = 0.0
     aggregate_seconds: float = 0.0
     train_loss: float | None = None
+    # Training examples (tokens) each kept reply reported, by node id.
+    node_examples: dict[int, int] = field(default_factory=dict)
     error_reasons: list[str] = field(default_factory=list)
     # Seconds of further phases (secure aggregation: encrypt, sum, decrypt),
     # written into the "seconds" of the round's metrics line.
@@ -129,7 +131,9 @@ class RoundRecorder:
                 )
                 continue
             kept.append(reply)
-            stats.num_examples += int(metrics[NUM_EXAMPLES_KEY])
+            examples = int(metrics[NUM_EXAMPLES_KEY])
+            stats.num_examples += examples
+            stats.node_examples[reply.metadata.src_node_id] = examples
         stats.replies = len(kept)
 
         started = time.perf_counter()

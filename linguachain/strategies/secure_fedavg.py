@@ -163,6 +163,7 @@ class SecureAggregator(FedAvg):
         stats.extra["rejected_replies"] = len(replies) - len(loaded)
         stats.replies = len(loaded)
         stats.num_examples = sum(reply.token_count for reply in loaded)
+        stats.node_examples = {reply.node_id: reply.token_count for reply in loaded}
         if loaded:
             self._record_node_costs(stats, loaded)
         if len(loaded) < self.settings.min_replies:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -31,7 +32,8 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
         vocab_size=vocab_size,
         special_tokens=[EOS_TOKEN, PAD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        # The trainer's own progress bar, only where a person watches a terminal.
+        show_progress=sys.stderr.isatty(),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return wrap_tokenizer(tokenizer.to_str())
@@ -67,6 +69,11 @@ def build_tokenizer(
     """Build the run's tokenizer from config and public server-side text."""
     if config.name == "gpt2":
         return load_gpt2_tokenizer()
+    logger.info(
+        "Training a byte-level BPE tokenizer of %d tokens on %d public lines",
+        config.vocab_size,
+        len(public_texts),
+    )
     tokenizer = train_bpe_tokenizer(public_texts, config.vocab_size)
     logger.info(
         "Trained byte-level BPE tokenizer: %d tokens from %d public lines",
