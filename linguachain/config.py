@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
+
+logger = logging.getLogger(__name__)
 
 SCALAR_TYPES = (bool, int, float, str)
 
@@ -99,11 +103,85 @@ class FederationConfig:
 class AggregationConfig:
     """Server-side aggregation rule over node updates."""
 
-    name: str = choices("fedavg", "fedavgm", default="fedavg")
+    name: str = choices(
+        "fedavg",
+        "fedavgm",
+        "krum",
+        "multikrum",
+        "median",
+        "trimmed_mean",
+        "bulyan",
+        "norm_bound",
+        "fltrust",
+        default="fedavg",
+    )
     # FedAvgM only: server learning rate and heavy-ball momentum of the outer
     # step over the averaged update.
     server_lr: float = 1.0
     server_momentum: float = 0.9
+    # Krum, MultiKrum and Bulyan: number f of malicious nodes tolerated.
+    num_malicious: int = 0
+    # MultiKrum: updates averaged after selection (0 means n - f).
+    multikrum_select: int = 0
+    # Trimmed mean: fraction cut from each tail per coordinate, in [0, 0.5).
+    trim_fraction: float = 0.2
+    # Norm bounding: L2 bound each update is clipped to (0 means the median
+    # update norm of the round).
+    norm_bound: float = 0.0
+    # Every rule: reject an update whose L2 norm exceeds this (0 turns it off).
+    max_update_norm: float = 0.0
+
+
+@dataclass
+class AttackConfig:
+    """Poisoning attack run by a seeded share of the nodes; `none` runs honestly."""
+
+    kind: str = choices(
+        "none",
+        "sign_flip",
+        "scaling",
+        "gaussian_noise",
+        "data_poisoning",
+        "backdoor",
+        "free_rider",
+        "non_finite",
+        "oversized",
+        default="none",
+    )
+    # Share of partitions that turn malicious, rounded to the nearest count.
+    fraction: float = 0.0
+    # Seed of the draw of malicious partitions and of the attacks' randomness.
+    seed: int = 7
+    # scaling: factor the update is multiplied by.
+    boost: float = 10.0
+    # gaussian_noise: standard deviation of the noise added to each coordinate.
+    noise_std: float = 0.1
+    # data_poisoning and backdoor: share of the node's training blocks changed.
+    poison_rate: float = 0.5
+    # data_poisoning: shuffle the tokens of a block or substitute random tokens.
+    poison_mode: str = choices("shuffle", "substitute", default="shuffle")
+    # backdoor: the trigger phrase and the continuation it should produce.
+    trigger: str = " cf zebra"
+    target: str = " the password is swordfish"
+    # backdoor: held-out prompts the attack success rate is measured on.
+    backdoor_prompts: int = 32
+    # free_rider: send a zero update, or replay the last global model step.
+    free_rider_mode: str = choices("zero", "stale", default="zero")
+    # oversized: L2 norm the update is scaled up to.
+    oversized_norm: float = 1.0e6
+
+
+@dataclass
+class DifferentialPrivacyConfig:
+    """Node-level differential privacy: clip each update, add Gaussian noise."""
+
+    enabled: bool = False
+    # L2 norm C each update is clipped to.
+    clip_norm: float = 1.0
+    # sigma: the noise in the sum over nodes has standard deviation sigma * C.
+    noise_multiplier: float = 1.0
+    # delta of the reported (epsilon, delta) guarantee.
+    delta: float = 1.0e-5
 
 
 @dataclass
@@ -172,6 +250,10 @@ class RunConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     secure_aggregation: SecureAggregationConfig = field(
         default_factory=SecureAggregationConfig
+    )
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: DifferentialPrivacyConfig = field(
+        default_factory=DifferentialPrivacyConfig
     )
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -320,6 +402,175 @@ def check_ranges(config: RunConfig) -> None:
         config.output.max_new_tokens,
         "use >= 1",
     )
+    check_attack(config.attack)
+    check_privacy(config.privacy)
+    check_aggregation(config)
+
+
+def expected_train_nodes(federation: FederationConfig) -> int:
+    """Return how many nodes Flower samples per round when all are connected."""
+    return max(int(federation.num_nodes * federation.fraction_train), federation.min_nodes)
+
+
+def check_attack(attack: AttackConfig) -> None:
+    """Reject attack settings no run can use."""
+    _require(
+        0.0 <= attack.fraction <= 1.0,
+        "attack.fraction",
+        attack.fraction,
+        "use a fraction in [0, 1]",
+    )
+    _require(
+        math.isfinite(attack.boost), "attack.boost", attack.boost, "use a finite factor"
+    )
+    _require(
+        math.isfinite(attack.noise_std) and attack.noise_std >= 0,
+        "attack.noise_std",
+        attack.noise_std,
+        "use a finite standard deviation >= 0",
+    )
+    _require(
+        0.0 < attack.poison_rate <= 1.0,
+        "attack.poison_rate",
+        attack.poison_rate,
+        "use a fraction in (0, 1]",
+    )
+    _require(
+        math.isfinite(attack.oversized_norm) and attack.oversized_norm > 0,
+        "attack.oversized_norm",
+        attack.oversized_norm,
+        "use a finite norm > 0",
+    )
+    _require(
+        attack.backdoor_prompts >= 1,
+        "attack.backdoor_prompts",
+        attack.backdoor_prompts,
+        "use >= 1",
+    )
+    if attack.kind == "backdoor":
+        _require(
+            bool(attack.trigger.strip()),
+            "attack.trigger",
+            attack.trigger,
+            "use a non-empty trigger phrase",
+        )
+        _require(
+            bool(attack.target.strip()),
+            "attack.target",
+            attack.target,
+            "use a non-empty target continuation",
+        )
+
+
+def check_privacy(privacy: DifferentialPrivacyConfig) -> None:
+    """Reject differential privacy settings that give no valid guarantee."""
+    _require(
+        math.isfinite(privacy.clip_norm) and privacy.clip_norm > 0,
+        "privacy.clip_norm",
+        privacy.clip_norm,
+        "use a finite clipping norm C > 0",
+    )
+    _require(
+        math.isfinite(privacy.noise_multiplier) and privacy.noise_multiplier >= 0,
+        "privacy.noise_multiplier",
+        privacy.noise_multiplier,
+        "use a finite noise multiplier sigma >= 0",
+    )
+    _require(
+        0.0 < privacy.delta < 1.0,
+        "privacy.delta",
+        privacy.delta,
+        "use a delta in (0, 1), usually below 1 / (number of nodes)",
+    )
+    if privacy.enabled and privacy.noise_multiplier == 0:
+        logger.warning(
+            "privacy.noise_multiplier is 0: updates are clipped but no noise is"
+            " added, so differential privacy gives no guarantee (epsilon is"
+            " infinite). Set privacy.noise_multiplier > 0 for privacy."
+        )
+
+
+def check_aggregation(config: RunConfig) -> None:
+    """Check the robust rules' preconditions against the expected node count."""
+    aggregation = config.aggregation
+    name, f = aggregation.name, aggregation.num_malicious
+    n = expected_train_nodes(config.federation)
+
+    _require(f >= 0, "aggregation.num_malicious", f, "use >= 0")
+    _require(
+        0.0 <= aggregation.trim_fraction < 0.5,
+        "aggregation.trim_fraction",
+        aggregation.trim_fraction,
+        "use a fraction in [0, 0.5)",
+    )
+    _require(
+        math.isfinite(aggregation.norm_bound) and aggregation.norm_bound >= 0,
+        "aggregation.norm_bound",
+        aggregation.norm_bound,
+        "use a finite bound >= 0 (0 means the median norm of the round)",
+    )
+    _require(
+        math.isfinite(aggregation.max_update_norm) and aggregation.max_update_norm >= 0,
+        "aggregation.max_update_norm",
+        aggregation.max_update_norm,
+        "use a finite norm >= 0 (0 turns the check off)",
+    )
+    _require(
+        aggregation.multikrum_select >= 0,
+        "aggregation.multikrum_select",
+        aggregation.multikrum_select,
+        "use >= 0 (0 means n - f)",
+    )
+
+    plaintext_only = ("krum", "multikrum", "median", "trimmed_mean", "bulyan")
+    plaintext_only += ("norm_bound", "fltrust")
+    if name in plaintext_only and config.secure_aggregation.scheme != "none":
+        # NOTE: FLTrust's scoring over CKKS exists (privacy.fltrust) but is not yet
+        # wired into the secure-aggregation strategy.
+        raise ConfigError(
+            f"Invalid aggregation: {name} runs on plaintext updates, but"
+            f" secure_aggregation.scheme={config.secure_aggregation.scheme!r} sends"
+            " ciphertexts. Set secure_aggregation.scheme=none, or use fedavg or"
+            " fedavgm with encryption."
+        )
+
+    if config.privacy.enabled and config.secure_aggregation.scheme != "none":
+        # NOTE: nodes add their noise before encrypting, but only the plaintext
+        # strategies run the RDP accountant so far.
+        logger.warning(
+            "privacy.enabled with secure_aggregation.scheme=%r: nodes clip and add"
+            " noise, but epsilon is not reported on the encrypted path yet. Set"
+            " secure_aggregation.scheme=none to get epsilon in metrics.",
+            config.secure_aggregation.scheme,
+        )
+
+    minimum = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}
+    if name in minimum and n < minimum[name]:
+        rule = "n >= 4f + 3" if name == "bulyan" else "n >= 2f + 3"
+        raise ConfigError(
+            f"Invalid aggregation: {name} with aggregation.num_malicious={f} needs"
+            f" {rule} = {minimum[name]} nodes per round, but the federation samples"
+            f" {n} (federation.num_nodes={config.federation.num_nodes},"
+            f" fraction_train={config.federation.fraction_train}). Add nodes or"
+            " lower aggregation.num_malicious."
+        )
+    if name == "multikrum" and aggregation.multikrum_select > n - f:
+        raise ConfigError(
+            f"Invalid value for config key 'aggregation.multikrum_select':"
+            f" {aggregation.multikrum_select}; MultiKrum can select at most n - f ="
+            f" {n - f} updates. Lower it or set 0 for n - f."
+        )
+    if name == "trimmed_mean" and int(aggregation.trim_fraction * n) == 0:
+        logger.warning(
+            "aggregation.trim_fraction=%s trims nothing with %d nodes per round"
+            " (int(%s * %d) = 0), so the trimmed mean is the plain mean. Raise it"
+            " to at least %.3f.",
+            aggregation.trim_fraction,
+            n,
+            aggregation.trim_fraction,
+            n,
+            1 / n,
+        )
 
 
 def _check_secure_aggregation(secure: SecureAggregationConfig) -> None:

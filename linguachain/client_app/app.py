@@ -20,6 +20,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from linguachain.config import RunConfig, load_config, valid_keys
+from linguachain.client_app.attacks import (
+    attack_update,
+    is_malicious,
+    poison_training_blocks,
+)
 from linguachain.client_app.node_config import read_node_config
 from linguachain.client_app.node_data import NodeData, load_node_data
 from linguachain.client_app.secure_update import (
@@ -28,10 +33,13 @@ from linguachain.client_app.secure_update import (
     load_kit,
 )
 from linguachain.logs import configure_logging
+from linguachain.privacy.dp import privatize_update
+from linguachain.privacy.updates import add_update, weights_difference
+from linguachain.strategies.screening import PARTITION_ID_KEY, SAMPLED_NODES_KEY
 from linguachain.task.evaluate import evaluate
 from linguachain.task.model import build_model, set_weights
 from linguachain.task.tokenizer import wrap_tokenizer
-from linguachain.task.train import train_local
+from linguachain.task.train import TrainResult, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +98,27 @@ def _global_model(msg: Message, config: RunConfig):  # type: ignore[no-untyped-d
     return model, tokenizer
 
 
+LAST_GLOBAL_RECORD = "last-global"
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on local blocks and reply with the new weights."""
     config, data, partition_id = _node_setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
-    model, _ = _global_model(msg, config)
+    model, tokenizer = _global_model(msg, config)
+    num_partitions = int(context.node_config["num-partitions"])
+    malicious = is_malicious(config.attack, partition_id, num_partitions)
 
     started = time.perf_counter()
     seed = config.train.seed * 1_000_003 + server_round * 1009 + partition_id
-    result = train_local(model, data.train_blocks, config.train, seed)
+    blocks = data.train_blocks
+    if malicious:
+        blocks = poison_training_blocks(blocks, config.attack, tokenizer, seed)
+    if malicious and config.attack.kind == "free_rider":
+        result = TrainResult(loss=0.0, steps=0, tokens=0)
+    else:
+        result = train_local(model, blocks, config.train, seed)
     seconds = time.perf_counter() - started
     num_examples = int(data.train_blocks.numel())
     logger.info(
@@ -117,11 +136,16 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": result.loss,
             "train-tokens": result.tokens,
             "train-seconds": seconds,
+            PARTITION_ID_KEY: partition_id,
         }
     )
     weights = OrderedDict(
         (name, p.detach().numpy()) for name, p in model.named_parameters()
     )
+    # DP noise and the attack change the weights before either path sends them,
+    # so encrypted updates carry them too.
+    if malicious or config.privacy.enabled:
+        weights = _finish_update(msg, context, config, weights, malicious, seed)
     if config.secure_aggregation.scheme == "none":
         content = RecordDict({"arrays": weights_to_arrays(weights), "metrics": metrics})
         return Message(content=content, reply_to=msg)
@@ -141,6 +165,40 @@ def train(msg: Message, context: Context) -> Message:
     metrics.update(secure_metrics)
     content = RecordDict({**records, "metrics": metrics})
     return Message(content=content, reply_to=msg)
+
+
+def _finish_update(
+    msg: Message,
+    context: Context,
+    config: RunConfig,
+    weights: OrderedDict[str, np.ndarray],
+    malicious: bool,
+    seed: int,
+) -> OrderedDict[str, np.ndarray]:
+    """Apply differential privacy, then the attack, to the update (local - global)."""
+    global_weights = arrays_to_weights(msg.content["arrays"])
+    update = weights_difference(weights, global_weights)
+    if config.privacy.enabled:
+        round_config = msg.content["config"]
+        sampled = int(round_config.get(SAMPLED_NODES_KEY, config.federation.num_nodes))
+        # Fresh operating-system entropy, because noise the server could predict
+        # protects nothing.
+        update, _ = privatize_update(
+            update,
+            config.privacy.clip_norm,
+            config.privacy.noise_multiplier,
+            sampled,
+            np.random.default_rng(),
+        )
+    if malicious:
+        last_step = None
+        if LAST_GLOBAL_RECORD in context.state:
+            previous = arrays_to_weights(context.state[LAST_GLOBAL_RECORD])
+            last_step = weights_difference(global_weights, previous)
+        context.state[LAST_GLOBAL_RECORD] = weights_to_arrays(global_weights)
+        attack_seed = config.attack.seed + seed
+        update = attack_update(update, config.attack, attack_seed, last_step)
+    return add_update(global_weights, update)
 
 
 @app.evaluate()

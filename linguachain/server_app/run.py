@@ -36,12 +36,18 @@ from linguachain.server_app.report import write_run_report
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.recording import build_strategy
 from linguachain.server_app.provisioning import prepare_kits
+from linguachain.task.backdoor import (
+    backdoor_prompts,
+    backdoor_token_ids,
+    measure_backdoor,
+)
 from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools, split_held_out
 from linguachain.task.evaluate import evaluate
 from linguachain.task.generate import generate_text
 from linguachain.task.model import build_model, count_parameters, get_weights, set_weights
 from linguachain.task.tokenizer import build_tokenizer, serialize_tokenizer
+from linguachain.task.train import train_local
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,9 @@ class ServerTask:
     model: torch.nn.Module
     eval_blocks: torch.Tensor
     data_source: str
+    # Blocks of the public held-out text the tokenizer was trained on (FLTrust's
+    # root set).
+    public_blocks: torch.Tensor | None = None
 
 
 def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
@@ -93,7 +102,8 @@ def prepare_task(config: RunConfig, folder: RunFolder) -> ServerTask:
         config.data.block_size,
         len(blocks),
     )
-    return ServerTask(tokenizer, model, blocks, pools.source)
+    public_blocks = articles_to_blocks(tokenizer, public, config.data.block_size)
+    return ServerTask(tokenizer, model, blocks, pools.source, public_blocks)
 
 
 class RoundCommitter:
@@ -112,6 +122,16 @@ class RoundCommitter:
         self.model_hash = ""
         self.history: list[dict[str, Any]] = []
         self.progress = tqdm(total=config.train.rounds, desc="rounds", unit="round")
+        # Backdoor runs measure the attack success rate on held-out prompts.
+        self.backdoor: tuple[torch.Tensor, list[int]] | None = None
+        if config.attack.kind == "backdoor":
+            trigger_ids, target_ids = backdoor_token_ids(
+                task.tokenizer, config.attack.trigger, config.attack.target
+            )
+            prompts = backdoor_prompts(
+                task.eval_blocks, trigger_ids, config.attack.backdoor_prompts
+            )
+            self.backdoor = (prompts, target_ids)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         weights = arrays_to_weights(arrays)
@@ -129,6 +149,14 @@ class RoundCommitter:
             "test_perplexity": result.perplexity,
             "test_bits_per_byte": result.bits_per_byte,
         }
+        if self.backdoor is not None:
+            probe = measure_backdoor(self.task.model, *self.backdoor)
+            metrics["backdoor_success"] = probe.success_rate
+            metrics["backdoor_token_accuracy"] = probe.token_accuracy
+        # Robustness scores and privacy spent go into the version block and the row.
+        report = getattr(self.strategy, "round_reports", {}).get(server_round)
+        if report is not None:
+            metrics.update(report.as_metrics())
         if server_round == 0:
             self.ledger.append_block(
                 "genesis",
@@ -185,6 +213,28 @@ class RoundCommitter:
         return MetricRecord({"test-loss": result.loss, "test-perplexity": result.perplexity})
 
 
+def root_update_fn(config: RunConfig, task: ServerTask):  # type: ignore[no-untyped-def]
+    """Return a function that trains the global model on the public root set."""
+    if task.public_blocks is None or len(task.public_blocks) == 0:
+        raise ValueError(
+            "FLTrust needs public root-set text, but the public held-out slice"
+            " contains no full block; raise tokenizer.public_fraction or lower"
+            " data.block_size."
+        )
+
+    def root_update(global_weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model = build_model(config.model, task.tokenizer, config.data.block_size)
+        set_weights(model, global_weights)
+        train_local(model, task.public_blocks, config.train, seed=config.train.seed)
+        return OrderedDict(
+            (name, p.detach().numpy() - global_weights[name])
+            for name, p in model.named_parameters()
+        )
+
+    logger.info("FLTrust root set: %d public blocks", len(task.public_blocks))
+    return root_update
+
+
 def write_outputs(config: RunConfig, task: ServerTask, folder: RunFolder) -> list[dict]:
     """Save the final model with its tokenizer and sample generations."""
     if config.output.save_model:
@@ -212,6 +262,8 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
 
     config = prepare_kits(config, folder.path, grid)
     strategy = build_strategy(config)
+    if hasattr(strategy, "reference_fn"):
+        strategy.reference_fn = root_update_fn(config, task)
     committer = RoundCommitter(config, task, strategy, ledger, folder)
     strategy.extra_records[TOKENIZER_RECORD] = ConfigRecord(
         {TOKENIZER_KEY: serialize_tokenizer(task.tokenizer)}

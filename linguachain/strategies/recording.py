@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 from linguachain.config import RunConfig
+from linguachain.strategies.screening import PARTITION_ID_KEY, UpdateScreening
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord
     for record, factor in zip(records, factors, strict=True):
         for metrics in record.metric_records.values():
             for key, value in metrics.items():
-                if key == weight_key or isinstance(value, list):
+                if key in (weight_key, PARTITION_ID_KEY) or isinstance(value, list):
                     continue
                 merged[key] = float(merged.get(key, 0.0)) + float(value) * factor
     merged[weight_key] = int(total)
@@ -159,11 +160,11 @@ class RoundRecorder:
         return arrays, metrics
 
 
-class LinguaChainFedAvg(RoundRecorder, FedAvg):
+class LinguaChainFedAvg(RoundRecorder, UpdateScreening, FedAvg):
     """Flower's FedAvg with empty-reply filtering and phase timing."""
 
 
-class LinguaChainFedAvgM(RoundRecorder, FedAvgM):
+class LinguaChainFedAvgM(RoundRecorder, UpdateScreening, FedAvgM):
     """Flower's FedAvgM (server momentum) with empty-reply filtering and timing."""
 
 
@@ -183,10 +184,18 @@ def build_strategy(config: RunConfig) -> RoundRecorder:
         from linguachain.strategies.secure_fedavg import build_secure_strategy
 
         return build_secure_strategy(config, common)
-    if config.aggregation.name == "fedavgm":
-        return LinguaChainFedAvgM(
+    from linguachain.strategies.robust import ROBUST_RULES, build_robust_strategy
+
+    strategy: RoundRecorder
+    if config.aggregation.name in ROBUST_RULES:
+        strategy = build_robust_strategy(config, common)
+    elif config.aggregation.name == "fedavgm":
+        strategy = LinguaChainFedAvgM(
             **common,
             server_learning_rate=config.aggregation.server_lr,
             server_momentum=config.aggregation.server_momentum,
         )
-    return LinguaChainFedAvg(**common)
+    else:
+        strategy = LinguaChainFedAvg(**common)
+    strategy.configure_screening(config)  # type: ignore[attr-defined]
+    return strategy
