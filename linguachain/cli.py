@@ -1,4 +1,4 @@
-"""The `linguachain` command line: SuperLink, kits, ledger, reports, generation."""
+"""The `linguachain` command line: SuperLinks, kits, deployment, ledger, reports."""
 
 from __future__ import annotations
 
@@ -13,8 +13,17 @@ superlink_app = typer.Typer(
     help="Manage the local simulation SuperLink that `flwr run .` reuses.",
     no_args_is_help=True,
 )
+connection_app = typer.Typer(
+    help="Write SuperLink connections to Flower's config file.", no_args_is_help=True
+)
+cluster_app = typer.Typer(
+    help="Run a SuperLink and SuperNodes with TLS on this machine.",
+    no_args_is_help=True,
+)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(superlink_app, name="superlink")
+app.add_typer(connection_app, name="connection")
+app.add_typer(cluster_app, name="cluster")
 
 
 @superlink_app.command("start")
@@ -51,6 +60,115 @@ def superlink_status() -> None:
         typer.echo(f"running ({owner})")
     else:
         typer.echo("not running")
+
+
+@app.command("provision-deploy")
+def provision_deploy(
+    nodes: int = typer.Option(..., min=1, help="Number of SuperNodes."),
+    out: Path = typer.Option(..., help="Output folder (server/, node-<i>/, ca/)."),
+    superlink_host: list[str] = typer.Option(
+        [],
+        help="DNS name or IP address the SuperLink is reached at; repeat for several."
+        " 127.0.0.1 and localhost are always included.",
+    ),
+    valid_days: int = typer.Option(365, min=1, help="Certificate lifetime in days."),
+) -> None:
+    """Write only the CA, SuperLink TLS certificate and SuperNode key pairs.
+
+    `linguachain provision` writes these too; this command adds them to kits
+    provisioned without them, or renews them in a fresh folder.
+    """
+    from linguachain.deploy.tls import provision_deployment
+
+    try:
+        paths = provision_deployment(out, nodes, superlink_host, valid_days)
+    except (FileExistsError, ValueError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"SuperLink certificate: {paths.superlink_certificate}")
+    typer.echo(f"SuperNode kits: {', '.join(str(f) for f in paths.node_folders)}")
+    typer.echo(f"Keep {paths.ca_private_key} offline; no host needs it to run.")
+
+
+@connection_app.command("add")
+def connection_add(
+    name: str = typer.Argument(..., help="Connection name used by `flwr run . NAME`."),
+    address: str = typer.Option(..., help="SuperLink address as host:port."),
+    root_certificates: Path | None = typer.Option(
+        None, help="CA certificate that signed the SuperLink certificate (ca.pem)."
+    ),
+    insecure: bool = typer.Option(False, help="Connect without TLS."),
+) -> None:
+    """Add or replace a SuperLink connection in $FLWR_HOME/config.toml."""
+    from linguachain.deploy.connection import add_connection
+
+    try:
+        config_file = add_connection(name, address, root_certificates, insecure)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"Wrote connection '{name}' ({address}) to {config_file}")
+
+
+@cluster_app.command("up")
+def cluster_up(
+    kits: Path = typer.Option(
+        ..., help="Folder written by `linguachain provision-deploy`."
+    ),
+    logs: Path = typer.Option(
+        Path("results/cluster-logs"),
+        help="Folder for the SuperLink and SuperNode logs.",
+    ),
+    data_path: Path | None = typer.Option(
+        None, help="Text folder every node reads (node config `data-path`)."
+    ),
+    connection: str = typer.Option(
+        "linguachain-local", help="Connection name to write."
+    ),
+) -> None:
+    """Start a SuperLink and one SuperNode per kit on 127.0.0.1 until Ctrl-C."""
+    import signal
+    import time
+
+    from flwr.supercore.utils import get_flwr_home
+
+    from linguachain.deploy.local_cluster import LocalCluster
+    from linguachain.deploy.tls import NODE_DIR_PREFIX, deployment_paths
+
+    num_nodes = len(list(kits.glob(f"{NODE_DIR_PREFIX}*")))
+    paths = deployment_paths(kits, num_nodes)
+    if num_nodes == 0 or not paths.superlink_certificate.is_file():
+        typer.echo(
+            f"Error: no deployment kits in {kits}; run `linguachain provision-deploy"
+            f" --nodes 2 --out {kits}` first.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    node_config: dict[int, dict[str, str | int]] = {}
+    if data_path is not None:
+        folder = str(data_path.resolve())
+        node_config = {i: {"data-path": folder} for i in range(num_nodes)}
+    cluster = LocalCluster(
+        paths, logs.resolve(), get_flwr_home(), connection, node_config=node_config
+    )
+    # SIGTERM ends the wait below the same way Ctrl-C does, so the finally runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        cluster.start()
+        typer.echo(
+            f"SuperLink at {cluster.superlink_address}, {num_nodes} SuperNodes online;"
+            f" logs in {logs}. Run `flwr run . {connection} --stream` from the"
+            " project folder; press Ctrl-C to stop every process."
+        )
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        typer.echo("Stopping the cluster")
+    except (RuntimeError, TimeoutError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    finally:
+        cluster.stop()
 
 
 def _open_ledger(db: str):  # type: ignore[no-untyped-def]
@@ -171,8 +289,18 @@ def provision(
     paillier: bool = typer.Option(
         True, help="Deal threshold Paillier keys (takes seconds for safe primes)."
     ),
+    superlink_host: list[str] = typer.Option(
+        [],
+        help="DNS name or IP address the SuperLink is reached at, for its TLS"
+        " certificate; repeat for several. 127.0.0.1 and localhost are included.",
+    ),
 ) -> None:
-    """Write one kit per node (node-<i>/, secret keys) and one for the server."""
+    """Write one kit per node (node-<i>/, secret keys) and one for the server.
+
+    The kits also get the deployment material: a CA (ca/), the SuperLink's TLS
+    certificate (server/) and one SuperNode authentication key pair per node.
+    """
+    from linguachain.deploy.tls import provision_deployment
     from linguachain.logs import configure_logging
     from linguachain.privacy.kits import provision as provision_kits
 
@@ -186,6 +314,7 @@ def provision(
             threshold=threshold or None,
             paillier=paillier,
         )
+        deployment = provision_deployment(out, nodes, superlink_host)
     except (ValueError, FileExistsError) as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -195,6 +324,9 @@ def provision(
     typer.echo(
         "Copy each node folder to its host only and point its node-config key "
         "kit-path at it; set secure_aggregation.kit_dir to this folder on the server."
+    )
+    typer.echo(
+        f"Keep {deployment.ca_private_key} offline; no host needs it to run."
     )
 
 

@@ -3,7 +3,8 @@
 Each message carries the global weights and the run config as flattened keys,
 plus the serialized tokenizer, so a node needs nothing from the server's disk.
 The node's partition comes from its node config (`partition-id`,
-`num-partitions`); an optional `data-path` there overrides `data.path`.
+`num-partitions`); an optional `data-path` there overrides `data.path`. The
+node config keys are listed in `linguachain.client_app.node_config`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from linguachain.client_app.attacks import (
     is_malicious,
     poison_training_blocks,
 )
+from linguachain.client_app.node_config import read_node_config
 from linguachain.client_app.node_data import NodeData, load_node_data
 from linguachain.client_app.secure_update import (
     encrypt_train_update,
@@ -67,15 +69,17 @@ def _node_setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, in
     configure_logging()
     record = msg.content["config"]
     config = config_from_record(record)
-    node_path = context.node_config.get("data-path")
-    if node_path:
+    # NOTE: `ledger-url` is validated here, but no handler reads it yet because
+    # nodes keep no ledger replica so far. Secure aggregation reads `kit-path`.
+    node = read_node_config(context.node_config)
+    if node.data_path:
         config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, path=str(node_path))
+            config, data=dataclasses.replace(config.data, path=node.data_path)
         )
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
-    data = load_node_data(config.data, _tokenizer_json(msg), partition_id, num_partitions)
-    return config, data, partition_id
+    data = load_node_data(
+        config.data, _tokenizer_json(msg), node.partition_id, node.num_partitions
+    )
+    return config, data, node.partition_id
 
 
 def _tokenizer_json(msg: Message) -> str:

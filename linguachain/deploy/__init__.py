@@ -1,0 +1,1 @@
+"""Deployment across hosts: TLS material, SuperNode keys and a local cluster."""
