@@ -32,7 +32,13 @@ from linguachain.client_app.secure_update import (
 )
 from linguachain.config import RunConfig, flatten, load_config
 from linguachain.privacy import kits
-from linguachain.privacy.records import DECRYPT_SCORES_MESSAGE_TYPE
+from linguachain.privacy.records import (
+    CIPHERTEXT_RECORD,
+    DECRYPT_RECORD,
+    DECRYPT_SCORES_MESSAGE_TYPE,
+    chunks_to_record,
+    update_from_content,
+)
 from linguachain.strategies.recording import build_strategy
 
 BLOCK = 128
@@ -222,3 +228,31 @@ def test_all_zero_trust_rejects_round(config):
     assert metrics is None
     assert strategy.round_reports[1].scores == {"partition-3": 0.0}
     assert "trust score is 0" in strategy.round_stats[1].extra["rejected"]
+
+
+def test_score_request_for_update_rejected(config):
+    """A key holder decrypts nothing longer than one scalar on a score request."""
+    reply = encrypted_reply(config, NODE_IDS[0])
+    chunks = update_from_content(reply.content).chunks
+    kit = load_kit(node_context(NODE_IDS[0]), config)
+    request = ConfigRecord(
+        {
+            "scheme": "ckks",
+            "server-round": 1,
+            "key-fingerprint": kit.ckks_fingerprint,
+            "num-scores": 1,
+        }
+    )
+    message = Message(
+        RecordDict(
+            {
+                DECRYPT_RECORD: request,
+                CIPHERTEXT_RECORD: chunks_to_record(chunks[:2], "ckks"),
+                "config": ConfigRecord(flatten(config)),
+            }
+        ),
+        dst_node_id=NODE_IDS[0],
+        message_type=DECRYPT_SCORES_MESSAGE_TYPE,
+    )
+    with pytest.raises(ValueError, match="expected one scalar each"):
+        handle_decrypt_scores(message, node_context(NODE_IDS[0]))

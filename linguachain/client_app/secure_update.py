@@ -287,6 +287,7 @@ def handle_decrypt_scores(msg: Message, context: Context) -> Message:
     kit = load_kit(context, config)
     request = msg.content[DECRYPT_RECORD]
     _check_request_key(request, kit.ckks_fingerprint)
+
     chunks = chunks_from_record(msg.content[CIPHERTEXT_RECORD])
     num_scores = int(request["num-scores"])
     if len(chunks) != 2 * num_scores:
@@ -298,8 +299,9 @@ def handle_decrypt_scores(msg: Message, context: Context) -> Message:
         fltrust.EncryptedScore(chunks[2 * i], chunks[2 * i + 1])
         for i in range(num_scores)
     ]
-    # decrypt_scores rejects any ciphertext that holds more than one value, so
-    # this handler never returns update coordinates.
+
+    # decrypt_scores rejects any ciphertext that contains more than one value,
+    # so this handler never returns update coordinates.
     scalars = fltrust.decrypt_scores(kit.ckks_context, scores)
     logger.info(
         "Node %d: decrypted FLTrust scores of %d nodes for round %d",

@@ -145,7 +145,7 @@ class SecureFLTrust(SecureAggregator):
     def _decrypt_scores(
         self, server_round: int, scores: list[fltrust.EncryptedScore]
     ) -> list[tuple[float, float]]:
-        """Have `ckks_decryptors` committee nodes decrypt the scalars; check they agree."""
+        """Have the key committee decrypt the scalars and check that they agree."""
         assert self._grid is not None and self._train_config is not None
         assert self.cipher is not None
         required = self.settings.ckks_decryptors
@@ -237,9 +237,8 @@ class SecureFLTrust(SecureAggregator):
         for node_id in node_ids[1:]:
             # Relative to each scalar, because squared norms of large updates
             # exceed the absolute tolerance meant for update coordinates.
-            difference = float(
-                np.max(np.abs(results[node_id] - first) / np.maximum(1.0, np.abs(first)))
-            )
+            gaps = np.abs(results[node_id] - first) / np.maximum(1.0, np.abs(first))
+            difference = float(np.max(gaps))
             if difference > self.settings.ckks_tolerance:
                 raise RoundRejectedError(
                     f"FLTrust score decryptions of nodes {node_ids[0]} and"
