@@ -214,13 +214,10 @@ class ConsensusDriver:
             summary = {"nodes": len(commitments)}
             if metrics is not None and "train-loss" in metrics:
                 summary["train_loss"] = float(metrics["train-loss"])
-            # Robustness scores and privacy spent, where the strategy reports them;
-            # non-finite values have no canonical JSON form, so they are left out.
+            # Robustness scores and privacy spent, where the strategy reports them.
+            # Non-finite floats have no canonical JSON form, so they become null.
             for key, value in (extra_metrics or {}).items():
-                if isinstance(value, (bool, int, str)) or (
-                    isinstance(value, float) and math.isfinite(value)
-                ):
-                    summary[key] = value
+                summary[key] = canonical_metric(value)
             payload = version_payload(context, model_hash, commitments, summary, proposer)
             records = {"arrays": arrays}
             if parent is not None:
@@ -280,7 +277,8 @@ class ConsensusDriver:
                 continue
             commitments.append(
                 {"node": account, "update_hash": update_hash, "tokens": tokens,
-                 # Filled by differential privacy accounting once it exists.
+                 # NOTE: per-node epsilon goes into the version block's metrics
+                 # ("epsilon", by partition); it is not yet copied here.
                  "privacy_spent": None}
             )
         return sorted(commitments, key=lambda c: c["node"])
@@ -474,6 +472,17 @@ class ConsensusGate:
             report.as_metrics() if report is not None else None,
         )
         return decided, metrics
+
+
+def canonical_metric(value: Any) -> Any:
+    """Return `value` with non-finite floats replaced by None, for canonical JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): canonical_metric(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical_metric(item) for item in value]
+    return value
 
 
 def gate_strategy(strategy: Any, driver: ConsensusDriver) -> Any:
