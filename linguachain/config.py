@@ -550,16 +550,24 @@ def check_aggregation(config: RunConfig) -> None:
     )
 
     plaintext_only = ("krum", "multikrum", "median", "trimmed_mean", "bulyan")
-    plaintext_only += ("norm_bound", "fltrust")
-    if name in plaintext_only and config.secure_aggregation.scheme != "none":
-        # NOTE: FLTrust's scoring over CKKS exists (privacy.fltrust) but is not yet
-        # wired into the secure-aggregation strategy.
+    plaintext_only += ("norm_bound",)
+    scheme = config.secure_aggregation.scheme
+    if name in plaintext_only and scheme != "none":
         raise ConfigError(
             f"Invalid aggregation: {name} runs on plaintext updates, but"
-            f" secure_aggregation.scheme={config.secure_aggregation.scheme!r} sends"
-            " ciphertexts. Set secure_aggregation.scheme=none, or use fedavg or"
-            " fedavgm with encryption."
+            f" secure_aggregation.scheme={scheme!r} sends ciphertexts. Set"
+            " secure_aggregation.scheme=none, or use fedavg, fedavgm or fltrust"
+            " (with ckks) with encryption."
         )
+    if name == "fltrust" and scheme == "paillier":
+        raise ConfigError(
+            "Invalid aggregation: fltrust over ciphertexts needs multiplications,"
+            " which secure_aggregation.scheme='paillier' does not offer. Set"
+            " secure_aggregation.scheme=ckks with"
+            " secure_aggregation.ckks_parameters=scoring, or scheme=none."
+        )
+    if name == "fltrust" and scheme == "ckks":
+        _check_scoring_parameters(config.secure_aggregation.ckks_parameters)
 
     if config.privacy.enabled and config.secure_aggregation.scheme != "none":
         # NOTE: nodes add their noise before encrypting, but only the plaintext
@@ -650,6 +658,25 @@ def check_consensus_ranges(config: ConsensusConfig) -> None:
         config.loss_tolerance,
         "use a finite number of nats",
     )
+
+
+def _check_scoring_parameters(parameter_set: str) -> None:
+    """Reject a CKKS parameter set too shallow for encrypted FLTrust scoring."""
+    # Imported here so that loading a config without FLTrust over CKKS does not
+    # import TenSEAL.
+    from linguachain.privacy.ckks import get_parameters
+
+    params = get_parameters(parameter_set)
+    # Scores and the trust-weighted sum each take one multiplication (one
+    # rescale), and a dot product sums slots by rotation with Galois keys.
+    if params.depth < 1 or not params.galois_keys:
+        galois = "with" if params.galois_keys else "without"
+        raise ConfigError(
+            "Invalid secure_aggregation.ckks_parameters:"
+            f" {parameter_set!r} has multiplicative depth {params.depth} {galois}"
+            " Galois keys, but aggregation=fltrust over CKKS needs depth >= 1 and"
+            " Galois keys. Set secure_aggregation.ckks_parameters=scoring."
+        )
 
 
 def _check_secure_aggregation(secure: SecureAggregationConfig) -> None:

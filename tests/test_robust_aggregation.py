@@ -237,11 +237,38 @@ def test_multikrum_select_above_n_minus_f_rejected():
         load_config({**PLAINTEXT, **overrides})
 
 
-@pytest.mark.parametrize("name", ["krum", "median", "fltrust"])
+@pytest.mark.parametrize("name", ["krum", "median", "norm_bound"])
 def test_robust_rule_rejected_with_encryption(name):
     overrides = {"aggregation.name": name, "secure_aggregation.scheme": "ckks"}
     with pytest.raises(ConfigError, match="runs on plaintext updates"):
         load_config(overrides)
+
+
+def test_fltrust_over_ckks_needs_depth():
+    overrides = {
+        "aggregation.name": "fltrust",
+        "secure_aggregation.scheme": "ckks",
+        "secure_aggregation.ckks_parameters": "sum",
+    }
+    with pytest.raises(ConfigError, match="'sum' has multiplicative depth 0"):
+        load_config(overrides)
+
+
+def test_fltrust_over_paillier_rejected():
+    overrides = {"aggregation.name": "fltrust", "secure_aggregation.scheme": "paillier"}
+    with pytest.raises(ConfigError, match="scheme=ckks"):
+        load_config(overrides)
+
+
+def test_fltrust_over_scoring_ckks_loads():
+    overrides = {
+        "aggregation.name": "fltrust",
+        "secure_aggregation.scheme": "ckks",
+        "secure_aggregation.ckks_parameters": "scoring",
+    }
+    config = load_config(overrides)
+    assert config.aggregation.name == "fltrust"
+    assert config.secure_aggregation.ckks_parameters == "scoring"
 
 
 def test_fltrust_zeroes_flipped_outlier():

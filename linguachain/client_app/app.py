@@ -30,6 +30,7 @@ from linguachain.client_app.node_data import NodeData, load_node_data
 from linguachain.client_app.secure_update import (
     encrypt_train_update,
     handle_decrypt,
+    handle_decrypt_scores,
     load_kit,
 )
 from linguachain.logs import configure_logging
@@ -217,6 +218,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
 
 # Key holders decrypt summed updates when the server sends "query.decrypt".
 app.query("decrypt")(handle_decrypt)
+# Key holders decrypt FLTrust's per-node score scalars on "query.decrypt_scores".
+app.query("decrypt_scores")(handle_decrypt_scores)
 
 
 def _local_loss(msg: Message, context: Context, arrays: ArrayRecord) -> float:

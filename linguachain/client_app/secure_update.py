@@ -24,13 +24,17 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from linguachain.config import RunConfig, load_config, valid_keys
-from linguachain.privacy import ckks
+from linguachain.privacy import ckks, fltrust
 from linguachain.privacy.codec import count_chunks, flatten_update
 from linguachain.privacy.kits import NODE_DIR_PREFIX, NodeKit, load_node_kit
 from linguachain.privacy.records import (
+    CIPHERTEXT_KIND_KEY,
     CIPHERTEXT_RECORD,
     DECRYPT_RECORD,
+    FLTRUST_SUM_KIND,
+    SUM_KIND,
     PLAINTEXT_RECORD,
+    SCORES_KEY,
     EncryptedUpdate,
     chunks_from_record,
     partial_to_records,
@@ -219,17 +223,28 @@ def handle_decrypt(msg: Message, context: Context) -> Message:
 
     if scheme == CKKS:
         _check_request_key(request, kit.ckks_fingerprint)
+        kind = str(request.get(CIPHERTEXT_KIND_KEY, SUM_KIND))
+        total_weight = int(request["total-weight"])
+        length = int(request["length"])
         # NOTE: the node cannot tell a sum from a single node's ciphertext, so a
         # server that breaks the protocol could have one update decrypted here.
-        average = decrypt_ckks_average(
-            kit.ckks_context,
-            chunks,
-            int(request["total-weight"]),
-            int(request["length"]),
-        )
+        if kind == SUM_KIND:
+            average = decrypt_ckks_average(
+                kit.ckks_context, chunks, total_weight, length
+            )
+        elif kind == FLTRUST_SUM_KIND:
+            # The trust weights already divide by the sum of trust scores.
+            average = fltrust.decrypt_aggregate(kit.ckks_context, chunks, length)
+            average = average / float(total_weight)
+        else:
+            raise ValueError(
+                f"decryption request has {CIPHERTEXT_KIND_KEY}={kind!r}; expected"
+                f" {SUM_KIND!r} or {FLTRUST_SUM_KIND!r}"
+            )
         logger.info(
-            "Node %d: decrypted the CKKS sum of %d replies for round %d",
+            "Node %d: decrypted the CKKS %s of %d replies for round %d",
             kit.node_index,
+            kind,
             int(request["num-replies"]),
             server_round,
         )
@@ -263,6 +278,45 @@ def handle_decrypt(msg: Message, context: Context) -> Message:
         return Message(content=RecordDict(records), reply_to=msg)
 
     raise ValueError(f"decryption request for unknown scheme {scheme!r}")
+
+
+def handle_decrypt_scores(msg: Message, context: Context) -> Message:
+    """Decrypt FLTrust's (inner product, squared norm) scalars of each node."""
+    keys = set(valid_keys())
+    config = load_config({k: v for k, v in msg.content["config"].items() if k in keys})
+    kit = load_kit(context, config)
+    request = msg.content[DECRYPT_RECORD]
+    _check_request_key(request, kit.ckks_fingerprint)
+
+    chunks = chunks_from_record(msg.content[CIPHERTEXT_RECORD])
+    num_scores = int(request["num-scores"])
+    if len(chunks) != 2 * num_scores:
+        raise ValueError(
+            f"score request carries {len(chunks)} ciphertexts for {num_scores}"
+            " nodes; expected an inner product and a squared norm per node"
+        )
+    scores = [
+        fltrust.EncryptedScore(chunks[2 * i], chunks[2 * i + 1])
+        for i in range(num_scores)
+    ]
+
+    # decrypt_scores rejects any ciphertext that contains more than one value,
+    # so this handler never returns update coordinates.
+    scalars = fltrust.decrypt_scores(kit.ckks_context, scores)
+    logger.info(
+        "Node %d: decrypted FLTrust scores of %d nodes for round %d",
+        kit.node_index,
+        num_scores,
+        int(request["server-round"]),
+    )
+    content = RecordDict(
+        {
+            PLAINTEXT_RECORD: ArrayRecord(
+                {SCORES_KEY: Array(np.asarray(scalars, dtype=np.float64))}
+            )
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 def _check_request_key(request: ConfigRecord, fingerprint: str) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import tenseal as ts
 
 from linguachain.privacy.ckks import parameters_of, require_depth
-from linguachain.privacy.codec import join_chunks, split_chunks
+from linguachain.privacy.codec import chunk_lengths, join_chunks, split_chunks
 from linguachain.privacy.errors import InvalidCiphertextError
 
 logger = logging.getLogger(__name__)
@@ -204,10 +204,20 @@ def decrypt_aggregate(
         raise ValueError(
             "the context has no secret key; decrypt on a node of the key committee"
         )
-    decrypted = [
-        np.asarray(_load(secret_context, chunk, i).decrypt(), dtype=np.float64)
-        for i, chunk in enumerate(chunks)
-    ]
+    expected_sizes = chunk_lengths(length, parameters_of(secret_context).slots)
+    if len(chunks) != len(expected_sizes):
+        raise InvalidCiphertextError(
+            f"aggregate has {len(chunks)} chunks, but {length} values need"
+            f" {len(expected_sizes)}"
+        )
+    decrypted = []
+    for index, (chunk, size) in enumerate(zip(chunks, expected_sizes, strict=True)):
+        vector = _load(secret_context, chunk, index)
+        if vector.size() != size:
+            raise InvalidCiphertextError(
+                f"chunk {index} contains {vector.size()} values, expected {size}"
+            )
+        decrypted.append(np.asarray(vector.decrypt(), dtype=np.float64))
     return join_chunks(decrypted, length)
 
 

@@ -32,6 +32,15 @@ PARTIAL_RECORD = "partial"
 
 # Message type of the decryption requests the server sends to key holders.
 DECRYPT_MESSAGE_TYPE = "query.decrypt"
+# Message type of the requests to decrypt FLTrust's per-node score scalars.
+DECRYPT_SCORES_MESSAGE_TYPE = "query.decrypt_scores"
+# Key of a decryption request naming what its ciphertext is: the plain sum of
+# fresh replies, or FLTrust's trust-weighted sum (one level down the chain).
+CIPHERTEXT_KIND_KEY = "ciphertext-kind"
+SUM_KIND = "sum"
+FLTRUST_SUM_KIND = "fltrust-sum"
+# Array of a score decryption reply: one (inner product, squared norm) row per node.
+SCORES_KEY = "scores"
 
 _CHUNK_NAME = "chunk-{:06d}"
 

@@ -108,8 +108,8 @@ class FLTrustAvg(FedAvg):
     """FLTrust on plaintext updates: trust = ReLU(cos(u_i, r)), rescaled to |r|.
 
     `reference_fn` maps the global weights to the server's own update r on the
-    public root set. The encrypted path runs the same math over CKKS with
-    `linguachain.privacy.fltrust`. Place it after UpdateScreening, which keeps
+    public root set. The encrypted path (`strategies.secure_fltrust`) runs the
+    same math over CKKS. Place it after UpdateScreening, which keeps
     the global weights and rejects invalid updates first.
     """
 
@@ -129,11 +129,8 @@ class FLTrustAvg(FedAvg):
                 "FLTrust needs the server's root-set update: set reference_fn and"
                 " run configure_train before aggregate_train."
             )
-        # NOTE: replies carry plaintext weights here. On the CKKS path (with
-        # ckks_parameters=scoring) privacy.fltrust computes the same scalars and
-        # sum; the token weight in each ciphertext cancels out. Not wired yet: a
-        # committee query that decrypts the score ciphertexts, which are below the
-        # first level that SecureAggregator's decryption accepts.
+        # Replies carry plaintext weights here; strategies.secure_fltrust runs
+        # the same math over CKKS ciphertexts.
         reference = flat_vector(self.reference_fn(base))
         reference_norm = float(np.linalg.norm(reference))
         vectors = [

@@ -52,10 +52,12 @@ from linguachain.privacy.errors import (
 )
 from linguachain.privacy.kits import SERVER_DIR, load_server_kit
 from linguachain.privacy.records import (
+    CIPHERTEXT_KIND_KEY,
     CIPHERTEXT_RECORD,
     DECRYPT_MESSAGE_TYPE,
     DECRYPT_RECORD,
     PLAINTEXT_RECORD,
+    SUM_KIND,
     chunks_to_record,
     partial_from_content,
     update_from_content,
@@ -95,6 +97,10 @@ class LoadedReply:
 
 class SecureAggregator(FedAvg):
     """Flower FedAvg whose replies are ciphertexts; see the module docstring."""
+
+    # What the ciphertext sent for CKKS decryption is; FLTrust sends its
+    # trust-weighted sum, which is one level down the modulus chain.
+    ciphertext_kind = SUM_KIND
 
     def __init__(
         self,
@@ -444,6 +450,7 @@ class SecureAggregator(FedAvg):
                 "total-weight": total_weight,
                 "length": self._model_length(),
                 "num-replies": num_replies,
+                CIPHERTEXT_KIND_KEY: self.ciphertext_kind,
             }
         )
         ciphertext = chunks_to_record(summed, self.cipher.scheme)
@@ -574,8 +581,17 @@ def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
                 max_total_weight=secure.max_total_blocks,
             ),
         )
-    strategy: LinguaChainSecureFedAvg | LinguaChainSecureFedAvgM
-    if config.aggregation.name == "fedavgm":
+    strategy: SecureAggregator
+    if config.aggregation.name == "fltrust":
+        from linguachain.strategies.secure_fltrust import LinguaChainSecureFLTrust
+
+        if not isinstance(cipher, CKKSAggregator):
+            raise ValueError(
+                "aggregation.name=fltrust with encryption needs "
+                "secure_aggregation.scheme=ckks"
+            )
+        strategy = LinguaChainSecureFLTrust(**common)
+    elif config.aggregation.name == "fedavgm":
         strategy = LinguaChainSecureFedAvgM(
             **common,
             server_learning_rate=config.aggregation.server_lr,

@@ -8,6 +8,7 @@ import pytest
 from linguachain.privacy import ckks
 from linguachain.privacy.fltrust import (
     EncryptedScore,
+    decrypt_aggregate,
     decrypt_scores,
     encrypted_scores,
     fltrust_aggregate,
@@ -122,3 +123,26 @@ def test_public_context_cannot_decrypt(contexts, round_updates):
 def test_zero_reference_rejected():
     with pytest.raises(ValueError, match="must be positive"):
         trust_weights([(1.0, 1.0)], 0.0)
+
+
+def test_block_weight_cancels_out(contexts, round_updates):
+    secret, public = contexts
+    reference, updates = round_updates
+    # Nodes encrypt their update times their training blocks.
+    weighted = [
+        ckks.encrypt_update(public, u, w).chunks
+        for u, w in zip(updates, [3, 7, 11, 5, 2])
+    ]
+    aggregate, weights = fltrust_aggregate(public, secret, weighted, reference)
+    cosines, trust, expected = plaintext_fltrust(reference, updates)
+    assert weights.cosines == pytest.approx(cosines, abs=1e-4)
+    assert weights.trust == pytest.approx(trust, abs=1e-4)
+    assert np.max(np.abs(aggregate - expected)) < 1e-5 * np.max(np.abs(expected)) + 1e-7
+
+
+def test_aggregate_with_missing_chunk_rejected(contexts, round_updates):
+    secret, public = contexts
+    _, updates = round_updates
+    chunks = ckks.encrypt_update(public, updates[0], 1).chunks
+    with pytest.raises(ValueError, match="aggregate has 2 chunks"):
+        decrypt_aggregate(secret, chunks[:2], LENGTH)
