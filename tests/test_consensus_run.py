@@ -108,7 +108,8 @@ def test_cli_balances_and_transfer(gated_run, tmp_path):
     assert balances.exit_code == 0, balances.output
     assert "total supply" in balances.output
     recipient = Ledger.open(ledger_copy).accounts()[1].account
-    key = folder / "nodes" / "node-0" / "bls_key.json"
+    # With secure aggregation the nodes sign with the keys of their kits.
+    key = folder / "kits" / "node-0"
     sent = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", recipient,
                                "--amount", "5", "--db", str(ledger_copy)])
     assert sent.exit_code == 0, sent.output

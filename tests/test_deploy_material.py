@@ -126,14 +126,18 @@ def test_provision_cli_writes_kits(tmp_path):
 
 
 def test_node_config_reads_all_keys(tmp_path):
+    key = tmp_path / "bls_key.json"
+    key.write_text("{}")
     settings = read_node_config(
         {"partition-id": 1, "num-partitions": 3, "data-path": str(tmp_path),
-         "kit-path": str(tmp_path), "ledger-url": "sqlite:///node.db"}
+         "kit-path": str(tmp_path), "ledger-url": "sqlite:///node.db",
+         "bls-key": str(key)}
     )
     assert settings.partition_id == 1
     assert settings.num_partitions == 3
     assert settings.data_path == str(tmp_path)
     assert settings.ledger_url == "sqlite:///node.db"
+    assert settings.bls_key == str(key)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +147,7 @@ def test_node_config_reads_all_keys(tmp_path):
         ({"partition-id": 2, "num-partitions": 2}, "expected 0 <= partition-id"),
         ({"partition-id": "a", "num-partitions": 2}, "must be integers"),
         ({"partition-id": 0, "num-partitions": 2, "kit-path": "/no/such"}, "kit-path"),
+        ({"partition-id": 0, "num-partitions": 2, "bls-key": "/no/key"}, "bls-key"),
     ],
 )
 def test_node_config_rejects_invalid(node_config, message):

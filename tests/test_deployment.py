@@ -1,12 +1,14 @@
 """Flower's deployment engine: a SuperLink and three SuperNodes as real processes.
 
-Each case provisions CKKS kits with TLS material and SuperNode keys, starts
+Each case provisions CKKS kits with TLS material and SuperNode keys. It starts
 `flower-superlink` with TLS and SuperNode authentication and three
-authenticated `flower-supernode` processes, and runs two rounds of the micro
-preset with CKKS secure aggregation through
-`flwr run <repo> <connection> --stream` from a throwaway FLWR_HOME. A fourth
-SuperNode with an unregistered key must be rejected, and one SuperNode is
-killed after round 1 so that round 2 completes with the other two.
+authenticated `flower-supernode` processes. Then it runs two rounds of the micro
+preset with CKKS secure aggregation and consensus (light VDF and proof of work)
+through `flwr run <repo> <connection> --stream` from a throwaway FLWR_HOME.
+Every node votes and signs with the BLS key of its kit and keeps its own SQLite
+ledger replica. A fourth SuperNode with an unregistered key must be rejected,
+and one SuperNode is killed after round 1 so that round 2 completes with the
+other two, whose replicas must end at the server's head.
 
 The `loopback-postgresql` case runs every host on 127.0.0.1 and keeps the
 server's ledger in a throwaway PostgreSQL server (`loopback-sqlite` where
@@ -23,7 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from typer.testing import CliRunner
+
 from conftest import REPO_ROOT
+from linguachain.cli import app as cli
 from linguachain.deploy.local_cluster import LocalCluster, descendant_pids
 from linguachain.deploy.netns import HostNetwork, namespaces_unavailable_reason
 from linguachain.deploy.tls import generate_supernode_key_pair, provision_deployment
@@ -51,6 +56,9 @@ def run_config(wikitext: Path, results: Path, kit_dir: Path, ledger_url: str) ->
             "secure_aggregation.scheme='ckks'",
             f"secure_aggregation.kit_dir='{kit_dir}'",
             f"ledger.url='{ledger_url}'",
+            "consensus.enabled=true",
+            "consensus.vdf_iterations=2000",
+            "consensus.pow_difficulty_bits=4",
             "model.preset='micro'",
             f"data.path='{wikitext}'",
             "data.train_file='valid.txt'",
@@ -169,8 +177,21 @@ def test_deployment_tls_auth_and_lost_node(
     report = ledger.verify()
     ledger.close()
     assert report.valid
-    assert report.num_blocks == 3
+    # Genesis, then a version and a data block per round.
+    assert report.num_blocks == 5
     assert report.head_hash == summary["ledger"]["head"]
+
+    # Each surviving node holds its own replica, at the server's head and valid.
+    runner = CliRunner()
+    for node in range(NUM_NODES - 1):
+        replica = cluster.replica_path(node)
+        assert replica.is_file(), replica
+        copy = Ledger.open(replica)
+        head = copy.head()
+        copy.close()
+        assert head is not None and head.hash == report.head_hash, node
+        verified = runner.invoke(cli, ["ledger", "verify", "--db", str(replica)])
+        assert verified.exit_code == 0, verified.output
 
     # Every process wrote its log under the run folder, ClientApp records included.
     for node in range(NUM_NODES):

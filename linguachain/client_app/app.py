@@ -70,8 +70,8 @@ def _node_setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, in
     configure_logging()
     record = msg.content["config"]
     config = config_from_record(record)
-    # NOTE: `ledger-url` is validated here, but no handler reads it yet because
-    # nodes keep no ledger replica so far. Secure aggregation reads `kit-path`.
+    # Secure aggregation reads `kit-path`; consensus reads `kit-path`, `bls-key`
+    # and `ledger-url` (linguachain.client_app.validator).
     node = read_node_config(context.node_config)
     if node.data_path:
         config = dataclasses.replace(

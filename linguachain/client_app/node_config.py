@@ -6,10 +6,15 @@ Keys, with dashes as Flower's own `partition-id` and `num-partitions`:
                     from 0 to num-partitions - 1
     num-partitions  required: number of partitions of the training pool
     data-path       folder of this node's text files; overrides `data.path`
-    kit-path        this node's kit folder (`node-<i>/` of the provisioned kits)
-    ledger-url      database URL of this node's ledger replica
+    kit-path        this node's kit folder (`node-<i>/` of the provisioned kits);
+                    secure aggregation and consensus read their keys from it
+    ledger-url      this node's ledger replica: a SQLite file path or a
+                    database URL
+    bls-key         this node's BLS key file; overrides the key in `kit-path`
 
-In simulation Flower sets `partition-id` and `num-partitions` itself.
+In simulation Flower sets `partition-id` and `num-partitions` itself, and a
+node without `kit-path` or `ledger-url` keeps its key and replica in the run
+folder (see `linguachain.client_app.validator`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"
 KIT_PATH = "kit-path"
 LEDGER_URL = "ledger-url"
-NODE_CONFIG_KEYS = (PARTITION_ID, NUM_PARTITIONS, DATA_PATH, KIT_PATH, LEDGER_URL)
+BLS_KEY = "bls-key"
+NODE_CONFIG_KEYS = (
+    PARTITION_ID,
+    NUM_PARTITIONS,
+    DATA_PATH,
+    KIT_PATH,
+    LEDGER_URL,
+    BLS_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class NodeSettings:
     data_path: str = ""
     kit_path: str = ""
     ledger_url: str = ""
+    bls_key: str = ""
 
 
 def read_node_config(node_config: Mapping[str, object]) -> NodeSettings:
@@ -77,8 +91,14 @@ def read_node_config(node_config: Mapping[str, object]) -> NodeSettings:
         data_path=str(node_config.get(DATA_PATH, "")),
         kit_path=str(node_config.get(KIT_PATH, "")),
         ledger_url=str(node_config.get(LEDGER_URL, "")),
+        bls_key=str(node_config.get(BLS_KEY, "")),
     )
     for key, value in ((DATA_PATH, settings.data_path), (KIT_PATH, settings.kit_path)):
         if value and not Path(value).expanduser().is_dir():
             raise ValueError(f"The node config's '{key}' is not a folder: {value}")
+    if settings.bls_key and not Path(settings.bls_key).expanduser().is_file():
+        raise ValueError(
+            f"The node config's '{BLS_KEY}' is not a file: {settings.bls_key}; point"
+            f" it at the node kit's bls_key.json or drop it to use '{KIT_PATH}'."
+        )
     return settings

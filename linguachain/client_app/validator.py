@@ -2,9 +2,13 @@
 
 Every query message carries the final blocks the node lacks. The node checks
 each one against its own copy (all chain rules, BLS included) before appending
-it, so a node never trusts the server's chain. In simulation the node's key and
-ledger live in `<run>/nodes/node-<partition>/`; node config keys `bls-key` and
-`ledger-db` override them in a deployment.
+it, so a node never trusts the server's chain.
+
+The node's BLS key is, in order: the node config's `bls-key`; the `bls_key.json`
+of its kit (node config `kit-path`, else `<secure_aggregation.kit_dir>/node-<i>`);
+else `<run>/nodes/node-<i>/bls_key.json` (simulation without kits). Its ledger
+replica is the node config's `ledger-url` (a SQLite path or a database URL),
+else `<run>/nodes/node-<i>/ledger.db`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from linguachain.client_app.node_config import read_node_config
 from linguachain.ledger.chain import ChainConflictError, InvalidBlockError, Ledger
 from linguachain.ledger.consensus import (
     block_from_dict,
@@ -30,20 +35,39 @@ from linguachain.ledger.consensus import (
 from linguachain.ledger.hashing import hash_weights
 from linguachain.ledger.keys import BLS_KEY_FILE, ValidatorKey, read_validator_key
 from linguachain.ledger.models import Block
-from linguachain.strategies.consensus import CONSENSUS_RECORD, PARENT_RECORD, node_dir
+from linguachain.strategies.consensus import (
+    CONSENSUS_RECORD,
+    NODE_DIR_PREFIX,
+    PARENT_RECORD,
+    node_dir,
+)
 
 logger = logging.getLogger(__name__)
+
+KIT_DIR_KEY = "secure_aggregation.kit_dir"
 
 # Computes a model's mean loss on the node's local held-back text, in nats.
 LossFn = Callable[[Message, Context, ArrayRecord], float]
 
 
-def _paths(msg: Message, context: Context) -> tuple[Path, Path]:
+def _paths(msg: Message, context: Context) -> tuple[Path, str]:
+    """Return this node's BLS key file and the path or URL of its ledger replica."""
+    node = read_node_config(context.node_config)
     record = msg.content[CONSENSUS_RECORD]
-    folder = node_dir(Path(str(record["nodes-dir"])), int(context.node_config["partition-id"]))
-    key_path = Path(str(context.node_config.get("bls-key", folder / BLS_KEY_FILE)))
-    db_path = Path(str(context.node_config.get("ledger-db", folder / "ledger.db")))
-    return key_path, db_path
+    folder = node_dir(Path(str(record["nodes-dir"])), node.partition_id)
+    ledger_url = node.ledger_url or str(folder / "ledger.db")
+    if "://" not in ledger_url:
+        ledger_url = str(Path(ledger_url).expanduser())
+    if node.bls_key:
+        return Path(node.bls_key).expanduser(), ledger_url
+    kit = Path(node.kit_path).expanduser() if node.kit_path else None
+    if kit is None and "config" in msg.content:
+        kit_dir = str(msg.content["config"].get(KIT_DIR_KEY, ""))
+        if kit_dir:
+            kit = Path(kit_dir) / f"{NODE_DIR_PREFIX}{node.partition_id}"
+    if kit is not None and (kit / BLS_KEY_FILE).is_file():
+        return kit / BLS_KEY_FILE, ledger_url
+    return folder / BLS_KEY_FILE, ledger_url
 
 
 def sync_blocks(ledger: Ledger, blocks: list[Block]) -> None:
@@ -65,10 +89,11 @@ def handle_query(
     msg: Message, context: Context, action: str, model_loss: LossFn, tolerance: float
 ) -> Message:
     """Run one consensus action on this node and reply with its result."""
-    key_path, db_path = _paths(msg, context)
+    key_path, ledger_url = _paths(msg, context)
     key = read_validator_key(key_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger.open(db_path)
+    if "://" not in ledger_url:
+        Path(ledger_url).parent.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger.open(ledger_url)
     try:
         record = msg.content[CONSENSUS_RECORD]
         sync_blocks(ledger, blocks_from_json(str(record["blocks"])))

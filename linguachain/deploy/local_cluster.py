@@ -4,7 +4,9 @@
 (docs/deployment.md): `flower-superlink` with TLS and `--enable-supernode-auth`,
 `flwr supernode register` for every node's public key, and one
 `flower-supernode` per node with the CA certificate, its private key and its
-node config. Each process writes its output to `<log_dir>/superlink.log` or
+node config. The node config names the node's kit (`kit-path`), its BLS key
+(`bls-key`, from the kit) and its own ledger replica (`ledger-url`, a SQLite
+file in its kit folder unless `ledger_dir` is set). Each process writes its output to `<log_dir>/superlink.log` or
 `<log_dir>/supernode-<i>.log`. Every process is stopped by its PID, together with
 the SuperExec and ClientApp processes it started, in `stop()` (also called when
 a `with` block exits on an error).
@@ -29,12 +31,14 @@ from pathlib import Path
 
 from linguachain.deploy.netns import HostNetwork
 from linguachain.deploy.tls import DeploymentPaths
+from linguachain.ledger.keys import BLS_KEY_FILE
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECTION = "linguachain-local"
 STARTUP_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 10.0
+REPLICA_FILE = "ledger.db"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -105,6 +109,9 @@ class LocalCluster:
     connection: str = DEFAULT_CONNECTION
     network: HostNetwork | None = None
     node_config: dict[int, dict[str, str | int]] = field(default_factory=dict)
+    # Folder of the nodes' ledger replicas (`node-<i>.db`); None keeps each
+    # replica in its node's kit folder.
+    ledger_dir: Path | None = None
     superlink: ClusterProcess | None = None
     supernodes: dict[str, ClusterProcess] = field(default_factory=dict)
     commands: list[ClusterProcess] = field(default_factory=list)
@@ -124,6 +131,25 @@ class LocalCluster:
     def num_nodes(self) -> int:
         """Return the number of provisioned SuperNodes."""
         return len(self.kits.node_folders)
+
+    def replica_path(self, node: int) -> Path:
+        """Return the SQLite file of node `node`'s ledger replica."""
+        if self.ledger_dir is not None:
+            return self.ledger_dir / f"node-{node}.db"
+        return self.kits.node_folders[node] / REPLICA_FILE
+
+    def node_values(self, node: int) -> dict[str, str | int]:
+        """Return node `node`'s node config: partition, kit, BLS key and replica."""
+        kit = self.kits.node_folders[node]
+        values: dict[str, str | int] = {
+            "partition-id": node,
+            "num-partitions": self.num_nodes,
+            "kit-path": str(kit),
+            "ledger-url": str(self.replica_path(node)),
+        }
+        if (kit / BLS_KEY_FILE).is_file():
+            values["bls-key"] = str(kit / BLS_KEY_FILE)
+        return {**values, **self.node_config.get(node, {})}
 
     def start(self, register: list[int] | None = None) -> None:
         """Start the SuperLink, register nodes, start them and wait until online."""
@@ -181,12 +207,9 @@ class LocalCluster:
         """
         if not self.superlink_address:
             raise RuntimeError("Start the SuperLink before its SuperNodes.")
-        values: dict[str, str | int] = {
-            "partition-id": node,
-            "num-partitions": self.num_nodes,
-            "kit-path": str(self.kits.node_folders[node]),
-            **self.node_config.get(node, {}),
-        }
+        values = self.node_values(node)
+        if self.ledger_dir is not None:
+            self.ledger_dir.mkdir(parents=True, exist_ok=True)
         key = private_key or self.kits.supernode_private_key(node)
         command = [
             "flower-supernode",

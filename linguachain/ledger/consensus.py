@@ -16,7 +16,7 @@ from typing import Any
 from linguachain.ledger import bls
 from linguachain.ledger.chain import Ledger, evidence_to_json, new_block
 from linguachain.ledger.constants import ConsensusError
-from linguachain.ledger.keys import ValidatorKey
+from linguachain.ledger.keys import PublicValidator, ValidatorKey
 from linguachain.ledger.models import Block
 from linguachain.ledger.pow import solve_pow
 from linguachain.ledger.rules import (
@@ -274,7 +274,7 @@ def _copy(block: Block) -> Block:
 
 
 def genesis_payload(
-    validators: list[tuple[ValidatorKey, int, int]],
+    validators: list[tuple[ValidatorKey | PublicValidator, int, int]],
     params: ConsensusParams,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 BLS_KEY_FILE = "bls_key.json"
 KIT_FILE_KEY = "bls_key"
+VALIDATORS_FILE = "validators.json"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,14 @@ class ValidatorKey:
     def account(self) -> str:
         """Return the LinguaCoin account id of the public key."""
         return account_id(self.public_key)
+
+
+@dataclass(frozen=True)
+class PublicValidator:
+    """A validator's public side: its account (the public key) and proof of possession."""
+
+    account: str
+    pop: bytes
 
 
 def generate_validator_key(seed: bytes | None = None) -> ValidatorKey:
@@ -61,6 +70,29 @@ def validators_json(keys: list[ValidatorKey]) -> bytes:
         for index, key in enumerate(keys)
     ]
     return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def read_validators(path: str | os.PathLike[str]) -> list[PublicValidator]:
+    """Read a validators.json written by provisioning and check every proof."""
+    target = Path(path)
+    try:
+        entries = json.loads(target.read_text())
+        validators = [
+            PublicValidator(str(entry["account"]), bytes.fromhex(entry["pop"]))
+            for entry in sorted(entries, key=lambda e: int(e["node_index"]))
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"Cannot read the validator set {target}: {error}; re-provision the kits"
+            " with `linguachain provision`."
+        ) from error
+    for validator in validators:
+        if not bls.pop_verify(bytes.fromhex(validator.account), validator.pop):
+            raise ValueError(
+                f"Validator {validator.account[:16]}... in {target} has an invalid"
+                " proof of possession; re-provision the kits."
+            )
+    return validators
 
 
 def write_validator_key(path: str | os.PathLike[str], key: ValidatorKey) -> Path:

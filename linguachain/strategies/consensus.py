@@ -48,10 +48,18 @@ from linguachain.ledger.consensus import (
     version_payload,
 )
 from linguachain.ledger.hashing import hash_weights
-from linguachain.ledger.keys import BLS_KEY_FILE, ValidatorKey, load_or_create_key
+from linguachain.ledger.keys import (
+    BLS_KEY_FILE,
+    VALIDATORS_FILE,
+    PublicValidator,
+    ValidatorKey,
+    load_or_create_key,
+    read_validators,
+)
 from linguachain.ledger.models import Block
 from linguachain.ledger.rules import ConsensusParams, get_block_proposer
 from linguachain.ledger.store import load_weights, save_weights
+from linguachain.privacy.kits import SERVER_DIR
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY
 
 logger = logging.getLogger(__name__)
@@ -114,13 +122,21 @@ class ConsensusDriver:
 
     # --- Setup and resume ---
 
-    def validator_keys(self) -> list[ValidatorKey]:
-        """Load each node's BLS key from the run folder, generating missing ones.
+    def validator_keys(self) -> list[ValidatorKey] | list[PublicValidator]:
+        """Return the genesis validator set.
 
-        NOTE: in simulation the server provisions the node keys into the run
-        folder, where the simulated nodes read them. Deployments give each node
-        its key in its kit (node config `bls-key`).
+        With provisioned kits (`secure_aggregation.kit_dir`), it is the server
+        kit's validators.json, whose keys the nodes read from their kits. Without
+        kits, each node's key is read from the run folder, generated if missing.
+        NOTE: the run-folder keys suit simulation only, where server and nodes
+        share one file system.
         """
+        kit_dir = self.config.secure_aggregation.kit_dir
+        if kit_dir:
+            validators_path = Path(kit_dir) / SERVER_DIR / VALIDATORS_FILE
+            if validators_path.is_file():
+                logger.info("Genesis validators from %s", validators_path)
+                return read_validators(validators_path)
         return [
             load_or_create_key(node_dir(self.nodes_dir, i) / BLS_KEY_FILE)
             for i in range(self.config.federation.num_nodes)

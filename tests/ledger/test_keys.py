@@ -12,6 +12,7 @@ from linguachain.ledger.keys import (
     generate_validator_key,
     load_or_create_key,
     read_validator_key,
+    read_validators,
     write_validator_key,
 )
 from linguachain.privacy import kits
@@ -52,3 +53,20 @@ def test_kits_carry_bls_keys(tmp_path):
     assert "bls_key" not in server_manifest["files"]
     # The node kits still load through the privacy loader.
     assert kits.load_node_kit(paths.nodes[0]).node_index == 0
+
+
+def test_validator_set_matches_node_kits(tmp_path):
+    paths = kits.provision(tmp_path, num_nodes=2, paillier=False)
+    validators = read_validators(paths.server / "validators.json")
+    accounts = [read_validator_key(node).account for node in paths.nodes]
+    assert [v.account for v in validators] == accounts
+
+
+def test_validator_set_rejects_bad_pop(tmp_path):
+    paths = kits.provision(tmp_path, num_nodes=2, paillier=False)
+    path = paths.server / "validators.json"
+    entries = json.loads(path.read_text())
+    entries[0]["pop"] = entries[1]["pop"]
+    path.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match="invalid proof of possession"):
+        read_validators(path)
