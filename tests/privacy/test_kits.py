@@ -25,11 +25,17 @@ def test_provision_layout(kit_paths: kits.KitPaths) -> None:
     server_manifest = json.loads((kit_paths.server / "kit.json").read_text())
     assert FILES_OF_SERVER == set(server_manifest["files"])
     node_manifest = json.loads((kit_paths.nodes[0] / "kit.json").read_text())
-    assert FILES_OF_SERVER | {"paillier_key_share"} == set(node_manifest["files"])
+    node_files = FILES_OF_SERVER | {"paillier_key_share", "bls_key"}
+    assert node_files == set(node_manifest["files"])
     assert node_manifest["paillier"]["threshold"] == 2
 
 
-FILES_OF_SERVER = {"ckks_context", "paillier_public_key", "paillier_verification_keys"}
+FILES_OF_SERVER = {
+    "ckks_context",
+    "paillier_public_key",
+    "paillier_verification_keys",
+    "validators",
+}
 
 
 def test_kit_permissions(kit_paths: kits.KitPaths) -> None:
