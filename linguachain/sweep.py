@@ -1,10 +1,10 @@
 """`linguachain-sweep`: Hydra entry point that runs Flower simulations.
 
-Hydra composes `conf/` over the typed schema registered below; each job is
+Hydra composes `conf/` over the typed schema registered below. Each job is
 validated by `linguachain.config` exactly as `flwr run` is, then runs
-`flwr.simulation.run_simulation` with its own results folder and ledger
-(the job's Hydra output folder). `-m` sweeps over any key, one job at a time;
-a failed job writes `failed.json` and the sweep goes on, and after the last job
+`flwr.simulation.run_simulation` with its own results folder and ledger (the
+job's Hydra output folder). `-m` sweeps over any key, one job at a time. A failed
+job writes `failed.json` and the sweep goes on. After the last job,
 `linguachain.sweep_summary` writes the sweep's table and plots.
 """
 

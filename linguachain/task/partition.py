@@ -2,7 +2,7 @@
 
 The unit of partitioning is a paragraph (one non-blank line) tagged with its
 article and a topic. IID shuffles paragraphs with the seed and deals contiguous
-shards; non-IID draws each node's share of every topic from a Dirichlet(alpha)
+shards. Non-IID draws each node's share of every topic from a Dirichlet(alpha)
 distribution, so a small alpha gives each node few topics.
 """
 
