@@ -82,6 +82,22 @@ class RoundRejectedError(RuntimeError):
     """Secure aggregation cannot produce a trustworthy model for this round."""
 
 
+@dataclass(frozen=True)
+class CommitteeRequest:
+    """Ciphertexts sent to key committee nodes and the plaintext expected back."""
+
+    message_type: str
+    fields: dict[str, Any]
+    ciphertexts: list[bytes]
+    description: str  # for the log, e.g. "the ckks sum of 3 replies"
+    result_key: str = ""  # array of the reply's plaintext record
+    shape: tuple[int, ...] = ()
+    noun: str = "decryption"  # what the result is called in logs and errors
+    # Compare decryptions relative to each value, for scalars such as squared
+    # norms that exceed the absolute tolerance meant for update coordinates.
+    relative: bool = False
+
+
 @dataclass
 class LoadedReply:
     """A validated encrypted reply with its deserialized ciphertext."""
@@ -279,67 +295,95 @@ class SecureAggregator(FedAvg):
         total_weight: int,
         num_replies: int,
     ) -> np.ndarray:
+        request = self._decrypt_request(server_round, total_weight, num_replies)
+        return self.committee_decrypt(
+            server_round,
+            CommitteeRequest(
+                message_type=DECRYPT_MESSAGE_TYPE,
+                fields=request,
+                ciphertexts=summed,
+                result_key=AVERAGE_KEY,
+                shape=(self._model_length(),),
+                description=f"the {self.cipher.scheme} sum of {num_replies} replies",
+                noun="decryption",
+            ),
+        )
+
+    def committee_decrypt(
+        self, server_round: int, request: CommitteeRequest
+    ) -> np.ndarray:
+        """Have `ckks_decryptors` committee nodes decrypt and return the result.
+
+        Each node must return a finite array of `request.shape` under
+        `request.result_key`. The round is rejected when fewer nodes do so than
+        `ckks_decryptors`, or when two results differ by more than `ckks_tolerance`.
+        """
         required = self.settings.ckks_decryptors
         committee = self._committee(required)
         if len(committee) < required:
             raise RoundRejectedError(
-                f"CKKS decryption needs {required} nodes of the key committee, but "
-                f"only {len(committee)} are connected; lower "
-                "secure_aggregation.ckks_decryptors"
+                f"CKKS {request.noun} needs {required} nodes of the key committee,"
+                f" but only {len(committee)} are connected; lower"
+                " secure_aggregation.ckks_decryptors"
             )
-        replies = self._send_decrypt_requests(
-            server_round, committee, summed, total_weight, num_replies
-        )
+        replies = self._send_to_committee(server_round, committee, request)
 
-        length = self._model_length()
         results: dict[int, np.ndarray] = {}
         for reply in replies:
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 logger.warning(
-                    "Round %d: node %d failed to decrypt: %s",
+                    "Round %d: node %d failed the %s: %s",
                     server_round,
                     node_id,
+                    request.noun,
                     reply.error.reason,
                 )
                 continue
             try:
-                average = reply.content[PLAINTEXT_RECORD][AVERAGE_KEY].numpy()
+                values = reply.content[PLAINTEXT_RECORD][request.result_key].numpy()
             except (KeyError, TypeError, ValueError) as error:
                 logger.warning(
-                    "Round %d: node %d sent an unreadable decryption: %s",
+                    "Round %d: node %d sent an unreadable %s: %s",
                     server_round,
                     node_id,
+                    request.noun,
                     error,
                 )
                 continue
-            if average.shape != (length,) or not np.all(np.isfinite(average)):
+            if values.shape != request.shape or not np.all(np.isfinite(values)):
                 logger.warning(
-                    "Round %d: node %d sent a decryption of shape %s with non-finite "
-                    "values or the wrong length (expected %d)",
+                    "Round %d: node %d sent a %s of shape %s (expected %s) or with"
+                    " non-finite values",
                     server_round,
                     node_id,
-                    average.shape,
-                    length,
+                    request.noun,
+                    values.shape,
+                    request.shape,
                 )
                 continue
-            results[node_id] = np.asarray(average, dtype=np.float64)
+            results[node_id] = np.asarray(values, dtype=np.float64)
 
         if len(results) < required:
             raise RoundRejectedError(
                 f"only {len(results)} of the {required} CKKS decryptors "
-                f"{sorted(committee)} returned a valid decryption"
+                f"{sorted(committee)} returned a valid {request.noun}"
             )
         # Honest key holders decrypt the same ciphertext to the same values, so
         # a larger difference means a faulty or dishonest decryptor.
         node_ids = sorted(results)
         reference = results[node_ids[0]]
         for node_id in node_ids[1:]:
-            difference = float(np.max(np.abs(results[node_id] - reference)))
+            gaps = np.abs(results[node_id] - reference)
+            if request.relative:
+                gaps = gaps / np.maximum(1.0, np.abs(reference))
+            difference = float(np.max(gaps, initial=0.0))
             if difference > self.settings.ckks_tolerance:
+                scale = " (relative)" if request.relative else ""
                 raise RoundRejectedError(
-                    f"CKKS decryptions of nodes {node_ids[0]} and {node_id} differ by "
-                    f"up to {difference:.3g}, above secure_aggregation.ckks_tolerance="
+                    f"CKKS {request.noun}s of nodes {node_ids[0]} and {node_id} differ"
+                    f" by up to {difference:.3g}{scale}, above"
+                    " secure_aggregation.ckks_tolerance="
                     f"{self.settings.ckks_tolerance:g}"
                 )
         return reference
@@ -355,9 +399,13 @@ class SecureAggregator(FedAvg):
         verification_keys = self.cipher.verification_keys
         threshold = verification_keys.threshold
         committee = self._committee(None)
-        replies = self._send_decrypt_requests(
-            server_round, committee, summed, total_weight, num_replies
+        request = CommitteeRequest(
+            message_type=DECRYPT_MESSAGE_TYPE,
+            fields=self._decrypt_request(server_round, total_weight, num_replies),
+            ciphertexts=summed,
+            description=f"the {self.cipher.scheme} sum of {num_replies} replies",
         )
+        replies = self._send_to_committee(server_round, committee, request)
         ciphertexts = self.cipher.parse_sum(summed)
 
         partials: dict[int, PartialDecryption] = {}
@@ -433,46 +481,46 @@ class SecureAggregator(FedAvg):
             party_index=party_index, values=tuple(values), proof=proof
         )
 
-    def _send_decrypt_requests(
-        self,
-        server_round: int,
-        node_ids: list[int],
-        summed: list[bytes],
-        total_weight: int,
-        num_replies: int,
+    def _decrypt_request(
+        self, server_round: int, total_weight: int, num_replies: int
+    ) -> dict[str, Any]:
+        assert self.cipher is not None
+        return {
+            "scheme": self.cipher.scheme,
+            "server-round": server_round,
+            "key-fingerprint": self.cipher.fingerprint,
+            "total-weight": total_weight,
+            "length": self._model_length(),
+            "num-replies": num_replies,
+            CIPHERTEXT_KIND_KEY: self.ciphertext_kind,
+        }
+
+    def _send_to_committee(
+        self, server_round: int, node_ids: list[int], request: CommitteeRequest
     ) -> list[Message]:
+        """Send the request's ciphertexts to each node and return the replies."""
         assert self._grid is not None and self._train_config is not None
-        request = ConfigRecord(
-            {
-                "scheme": self.cipher.scheme,
-                "server-round": server_round,
-                "key-fingerprint": self.cipher.fingerprint,
-                "total-weight": total_weight,
-                "length": self._model_length(),
-                "num-replies": num_replies,
-                CIPHERTEXT_KIND_KEY: self.ciphertext_kind,
-            }
-        )
-        ciphertext = chunks_to_record(summed, self.cipher.scheme)
+        assert self.cipher is not None
+        fields = ConfigRecord(request.fields)
+        ciphertext = chunks_to_record(request.ciphertexts, self.cipher.scheme)
         messages = [
             Message(
                 RecordDict(
                     {
-                        DECRYPT_RECORD: request,
+                        DECRYPT_RECORD: fields,
                         CIPHERTEXT_RECORD: ciphertext,
                         CONFIG_RECORD: self._train_config,
                     }
                 ),
                 dst_node_id=node_id,
-                message_type=DECRYPT_MESSAGE_TYPE,
+                message_type=request.message_type,
             )
             for node_id in node_ids
         ]
         logger.info(
-            "Round %d: sent the %s sum of %d replies to nodes %s for decryption",
+            "Round %d: sent %s to nodes %s for decryption",
             server_round,
-            self.cipher.scheme,
-            num_replies,
+            request.description,
             node_ids,
         )
         return list(self._grid.send_and_receive(messages, timeout=self.decrypt_timeout))

@@ -31,18 +31,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 
 from linguachain.privacy import fltrust
 from linguachain.privacy.errors import InvalidCiphertextError
 from linguachain.privacy.records import (
-    CIPHERTEXT_RECORD,
-    DECRYPT_RECORD,
     DECRYPT_SCORES_MESSAGE_TYPE,
     FLTRUST_SUM_KIND,
-    PLAINTEXT_RECORD,
     SCORES_KEY,
-    chunks_to_record,
     update_from_content,
 )
 from linguachain.privacy.secure_sum import CKKSAggregator
@@ -50,13 +46,14 @@ from linguachain.privacy.updates import Weights, flat_vector
 from linguachain.strategies.recording import RoundRecorder
 from linguachain.strategies.screening import PARTITION_ID_KEY, RoundReport
 from linguachain.strategies.secure_fedavg import (
-    CONFIG_RECORD,
+    CommitteeRequest,
     LoadedReply,
     RoundRejectedError,
     SecureAggregator,
 )
 
 logger = logging.getLogger(__name__)
+
 
 def content_node_key(content: RecordDict, node_id: int) -> str:
     """Name a reply's node by its partition id when it sends one, else its node id."""
@@ -146,107 +143,31 @@ class SecureFLTrust(SecureAggregator):
         self, server_round: int, scores: list[fltrust.EncryptedScore]
     ) -> list[tuple[float, float]]:
         """Have the key committee decrypt the scalars and check that they agree."""
-        assert self._grid is not None and self._train_config is not None
         assert self.cipher is not None
-        required = self.settings.ckks_decryptors
-        committee = self._committee(required)
-        if len(committee) < required:
-            raise RoundRejectedError(
-                f"FLTrust score decryption needs {required} nodes of the key"
-                f" committee, but only {len(committee)} are connected; lower"
-                " secure_aggregation.ckks_decryptors"
-            )
-        request = ConfigRecord(
-            {
-                "scheme": self.cipher.scheme,
-                "server-round": server_round,
-                "key-fingerprint": self.cipher.fingerprint,
-                "num-scores": len(scores),
-            }
-        )
         ciphertexts = [
             blob
             for score in scores
             for blob in (score.inner_product, score.squared_norm)
         ]
-        messages = [
-            Message(
-                RecordDict(
-                    {
-                        DECRYPT_RECORD: request,
-                        CIPHERTEXT_RECORD: chunks_to_record(
-                            ciphertexts, self.cipher.scheme
-                        ),
-                        CONFIG_RECORD: self._train_config,
-                    }
-                ),
-                dst_node_id=node_id,
-                message_type=DECRYPT_SCORES_MESSAGE_TYPE,
-            )
-            for node_id in committee
-        ]
-        logger.info(
-            "Round %d: sent the FLTrust scores of %d nodes to nodes %s for"
-            " decryption",
+        values = self.committee_decrypt(
             server_round,
-            len(scores),
-            committee,
+            CommitteeRequest(
+                message_type=DECRYPT_SCORES_MESSAGE_TYPE,
+                fields={
+                    "scheme": self.cipher.scheme,
+                    "server-round": server_round,
+                    "key-fingerprint": self.cipher.fingerprint,
+                    "num-scores": len(scores),
+                },
+                ciphertexts=ciphertexts,
+                result_key=SCORES_KEY,
+                shape=(len(scores), 2),
+                description=f"the FLTrust scores of {len(scores)} nodes",
+                noun="FLTrust score decryption",
+                relative=True,
+            ),
         )
-        replies = self._grid.send_and_receive(messages, timeout=self.decrypt_timeout)
-
-        results: dict[int, np.ndarray] = {}
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            if reply.has_error():
-                logger.warning(
-                    "Round %d: node %d failed to decrypt the FLTrust scores: %s",
-                    server_round,
-                    node_id,
-                    reply.error.reason,
-                )
-                continue
-            try:
-                values = reply.content[PLAINTEXT_RECORD][SCORES_KEY].numpy()
-            except (KeyError, TypeError, ValueError) as error:
-                logger.warning(
-                    "Round %d: node %d sent unreadable FLTrust scores: %s",
-                    server_round,
-                    node_id,
-                    error,
-                )
-                continue
-            if values.shape != (len(scores), 2) or not np.all(np.isfinite(values)):
-                logger.warning(
-                    "Round %d: node %d sent FLTrust scores of shape %s (expected"
-                    " %s) or with non-finite values",
-                    server_round,
-                    node_id,
-                    values.shape,
-                    (len(scores), 2),
-                )
-                continue
-            results[node_id] = np.asarray(values, dtype=np.float64)
-
-        if len(results) < required:
-            raise RoundRejectedError(
-                f"only {len(results)} of the {required} CKKS decryptors"
-                f" {sorted(committee)} returned valid FLTrust scores"
-            )
-        node_ids = sorted(results)
-        first = results[node_ids[0]]
-        for node_id in node_ids[1:]:
-            # Relative to each scalar, because squared norms of large updates
-            # exceed the absolute tolerance meant for update coordinates.
-            gaps = np.abs(results[node_id] - first) / np.maximum(1.0, np.abs(first))
-            difference = float(np.max(gaps))
-            if difference > self.settings.ckks_tolerance:
-                raise RoundRejectedError(
-                    f"FLTrust score decryptions of nodes {node_ids[0]} and"
-                    f" {node_id} differ by up to {difference:.3g} (relative), above"
-                    f" secure_aggregation.ckks_tolerance="
-                    f"{self.settings.ckks_tolerance:g}"
-                )
-        return [(float(inner), float(square)) for inner, square in first]
+        return [(float(inner), float(square)) for inner, square in values]
 
     def _record_trust(
         self,
