@@ -173,6 +173,32 @@ def test_backdoor_writes_trigger_and_target(tokenizer):
     assert not any(contains(row) for row in clean)
 
 
+def test_backdoor_copies_written_apart(tokenizer):
+    config = attack("backdoor", poison_rate=1.0, trigger=" cf", target=" zebra")
+    config = dataclasses.replace(config, backdoor_copies=3)
+    trigger_ids, target_ids = backdoor_token_ids(
+        tokenizer, config.trigger, config.target
+    )
+    phrase = trigger_ids + target_ids
+    poisoned = poison_training_blocks(blocks(), config, tokenizer, seed=3)
+
+    for row in poisoned.tolist():
+        starts = [
+            i
+            for i in range(len(row) - len(phrase) + 1)
+            if row[i : i + len(phrase)] == phrase
+        ]
+        assert len(starts) == 3
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert all(gap >= len(phrase) for gap in gaps)
+
+
+def test_backdoor_copies_beyond_block_rejected(tokenizer):
+    config = dataclasses.replace(attack("backdoor"), backdoor_copies=40)
+    with pytest.raises(ValueError, match="attack.backdoor_copies"):
+        poison_training_blocks(blocks(), config, tokenizer, seed=3)
+
+
 def test_backdoor_phrase_longer_than_block_rejected(tokenizer):
     config = attack("backdoor", target=" word" * 80)
     with pytest.raises(ValueError, match="longer than a 32-token block"):
@@ -210,6 +236,7 @@ def test_backdoor_success_measured_on_trained_model(tokenizer):
         ("attack.poison_rate", 0.0),
         ("attack.noise_std", -1.0),
         ("attack.oversized_norm", 0.0),
+        ("attack.backdoor_copies", 0),
     ],
 )
 def test_bad_attack_config_fails_at_load(key, value):

@@ -63,8 +63,9 @@ def poison_training_blocks(
 
     `data_poisoning` shuffles the tokens of each chosen block or replaces them
     with uniformly random token ids. `backdoor` writes the trigger phrase and
-    the target continuation over a random span of each chosen block. Other
-    kinds return the blocks unchanged.
+    the target continuation `attack.backdoor_copies` times over random,
+    non-overlapping spans of each chosen block. Other kinds return the blocks
+    unchanged.
     """
     if attack.kind not in DATA_ATTACKS or len(blocks) == 0:
         return blocks
@@ -87,17 +88,30 @@ def poison_training_blocks(
             tokenizer, attack.trigger, attack.target
         )
         phrase = torch.tensor(trigger_ids + target_ids, dtype=blocks.dtype)
-        if len(phrase) > blocks.shape[1]:
+        copies = attack.backdoor_copies
+        if copies * len(phrase) > blocks.shape[1]:
             raise ValueError(
-                f"Trigger plus target is {len(phrase)} tokens, longer than a"
-                f" {blocks.shape[1]}-token block; shorten attack.trigger or"
-                " attack.target."
+                f"{copies} copies of trigger plus target ({len(phrase)} tokens each)"
+                f" are longer than a {blocks.shape[1]}-token block; shorten"
+                " attack.trigger or attack.target, or lower attack.backdoor_copies."
             )
-        starts = torch.randint(
-            blocks.shape[1] - len(phrase) + 1, (num_chosen,), generator=generator
-        )
-        for row, start in zip(chosen.tolist(), starts.tolist(), strict=True):
-            poisoned[row, start : start + len(phrase)] = phrase
+        # Each copy goes into its own phrase-sized slot of the block, so copies
+        # never overlap; the slot choice is random per block.
+        num_slots = blocks.shape[1] // len(phrase)
+        for row in chosen.tolist():
+            slots = torch.randperm(num_slots, generator=generator)[:copies]
+            # Spare tokens shift the slot grid, so a single copy can start
+            # anywhere in the block.
+            offset = int(
+                torch.randint(
+                    blocks.shape[1] - num_slots * len(phrase) + 1,
+                    (1,),
+                    generator=generator,
+                )
+            )
+            for slot in slots.tolist():
+                start = offset + slot * len(phrase)
+                poisoned[row, start : start + len(phrase)] = phrase
 
     logger.info(
         "Attack %s: poisoned %d of %d training blocks",
