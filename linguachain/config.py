@@ -165,6 +165,8 @@ class AttackConfig:
     target: str = " the password is swordfish"
     # backdoor: held-out prompts the attack success rate is measured on.
     backdoor_prompts: int = 32
+    # backdoor: times the trigger and target are written into each chosen block.
+    backdoor_copies: int = 1
     # free_rider: send a zero update, or replay the last global model step.
     free_rider_mode: str = choices("zero", "stale", default="zero")
     # oversized: L2 norm the update is scaled up to.
@@ -247,6 +249,12 @@ class ConsensusConfig:
     attester_reward: int = 50_000_000
     # Share of bonded stake burned for one double sign, in basis points.
     slash_basis_points: int = 500
+    # Stake slashed after repeated zero robustness scores: a node scored 0 in
+    # zero_score_rounds consecutive rounds it contributed to loses
+    # zero_score_slash_basis_points of its stake, once per such run of rounds.
+    # 0 in either key turns the rule off.
+    zero_score_rounds: int = 3
+    zero_score_slash_basis_points: int = 500
     # Seconds to wait for the nodes' replies to one consensus message.
     timeout: float = 600.0
 
@@ -474,6 +482,12 @@ def check_attack(attack: AttackConfig) -> None:
         attack.backdoor_prompts,
         "use >= 1",
     )
+    _require(
+        attack.backdoor_copies >= 1,
+        "attack.backdoor_copies",
+        attack.backdoor_copies,
+        "use >= 1",
+    )
     if attack.kind == "backdoor":
         _require(
             bool(attack.trigger.strip()),
@@ -650,6 +664,18 @@ def check_consensus_ranges(config: ConsensusConfig) -> None:
         "consensus.slash_basis_points",
         config.slash_basis_points,
         "use 1 to 10000 basis points",
+    )
+    _require(
+        config.zero_score_rounds >= 0,
+        "consensus.zero_score_rounds",
+        config.zero_score_rounds,
+        "use >= 1 rounds, or 0 to turn the zero-score slash off",
+    )
+    _require(
+        0 <= config.zero_score_slash_basis_points <= 10_000,
+        "consensus.zero_score_slash_basis_points",
+        config.zero_score_slash_basis_points,
+        "use 1 to 10000 basis points, or 0 to turn the zero-score slash off",
     )
     _require(config.timeout > 0, "consensus.timeout", config.timeout, "use > 0 seconds")
     _require(
