@@ -141,6 +141,7 @@ def _context_from_rows(
         model_hash=summary.get("model_hash"),
         last_round=summary.get("last_round", 0),
         last_version=summary.get("last_version"),
+        zero_score_streaks=summary.get("zero_score_streaks", {}),
     )
 
 

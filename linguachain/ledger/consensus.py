@@ -31,6 +31,7 @@ from linguachain.ledger.rules import (
     pow_header_bytes,
     process_block,
     version_rewards,
+    zero_score_slashes,
 )
 from linguachain.ledger.transactions import (
     PROTOCOL_ACCOUNT,
@@ -106,17 +107,23 @@ def version_payload(
 def data_payload(
     context: ChainContext, status: str, reason: str, commitments: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Build the data block that closes the open round as accepted or rejected."""
+    """Build the data block that closes the open round as accepted or rejected.
+
+    It carries the attester rewards of an accepted round and the stake slashed
+    for repeated zero robustness scores.
+    """
     transactions: list[Transaction] = []
     if status == "accepted":
         assert context.last_version is not None
         transactions = attester_rewards(context, context.last_version["signers"])
+    slashes, _ = zero_score_slashes(context, commitments)
     return {
         "round": context.last_round + 1,
         "status": status,
         "reason": reason,
         "commitments": commitments,
         "transactions": encode_transactions(transactions),
+        "slashes": slashes,
     }
 
 

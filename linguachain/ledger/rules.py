@@ -18,8 +18,13 @@ chain whose blocks carry no evidence (consensus disabled). Version payload: `rou
 `model_hash`, `parent_model_hash`, `commitments`, `metrics`, `transactions` (the
 rewards of `version_rewards`). Data payload: `round`, `status` (`accepted` or
 `rejected`), `reason`, `commitments`, `transactions` (`attester_rewards` of the
-version block it closes, when accepted). Transaction payload: `transactions`
-(transfers, stakes, slashes).
+version block it closes, when accepted), `slashes` (`zero_score_slashes`).
+Transaction payload: `transactions` (transfers, stakes, slashes).
+
+Each commitment names a node's account, the SHA-256 of its update, its accepted
+token count, its robustness score for the round (in [0, 1], 1.0 where no robust
+rule scores) and its differential privacy spent so far (`privacy_spent`: epsilon,
+the string "inf" when unbounded, null when differential privacy is off).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from linguachain.ledger import bls
 from linguachain.ledger.constants import (
+    BASIS_POINTS,
     BLS_SIGNATURE_BYTES,
     POW_DIFFICULTY_BITS,
     SLASH_BASIS_POINTS,
@@ -52,6 +59,7 @@ from linguachain.ledger.transactions import (
     apply_transaction,
     attestation_message,
     deserialize_transaction,
+    get_slash_amount,
     is_account_id,
     process_transaction,
     serialize_transaction,
@@ -65,6 +73,13 @@ GENESIS_PARENT_HASH = "0" * 64
 BLOCK_KINDS = ("genesis", "data", "version", "transaction")
 GENESIS_SEED_DOMAIN = b"linguachain/genesis-seed/v1"
 ROUND_STATUSES = ("accepted", "rejected")
+COMMITMENT_KEYS = frozenset(
+    {"node", "update_hash", "tokens", "robustness_score", "privacy_spent"}
+)
+# Robustness scores enter reward arithmetic as integers in millionths, so every
+# replica computes the same amounts from the same JSON.
+SCORE_UNITS = 1_000_000
+UNBOUNDED_EPSILON = "inf"
 
 
 class InvalidBlockError(ValueError):
@@ -91,6 +106,10 @@ class ConsensusParams:
     # Finality threshold as a fraction of stake; never below two thirds.
     quorum_numerator: int = 2
     quorum_denominator: int = 3
+    # A node whose robustness score is 0 in this many consecutive rounds it
+    # contributed to loses this share of its stake; 0 in either turns it off.
+    zero_score_rounds: int = 0
+    zero_score_slash_basis_points: int = 0
 
 
 @dataclass
@@ -106,6 +125,8 @@ class ChainContext:
     last_version: dict[str, Any] | None = None
     # Decoded transactions of the head block, so writers need not decode again.
     head_transactions: list[Transaction] = field(default_factory=list)
+    # Consecutive closed rounds in which each account's robustness score was 0.
+    zero_score_streaks: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Return the chain-wide fields stored in the chain_state row."""
@@ -118,6 +139,7 @@ class ChainContext:
             "last_version": self.last_version,
             "params": dataclasses.asdict(self.params) if self.params else None,
             "protocol_nonce": self.accounts.nonces.get(PROTOCOL_ACCOUNT, 0),
+            "zero_score_streaks": dict(sorted(self.zero_score_streaks.items())),
         }
 
 
@@ -193,19 +215,75 @@ def version_rewards(
 ) -> list[Transaction]:
     """Build the reward transactions of a version block.
 
-    Contributors share `contributor_reward` in proportion to their accepted
-    token counts (rounded down; the remainder is not minted), then the proposer
-    receives `proposer_reward`. Zero amounts are left out.
+    Contributors share `contributor_reward` in proportion to accepted tokens
+    times robustness score (rounded down; the remainder is not minted), then the
+    proposer receives `proposer_reward`. Zero amounts are left out.
     """
     assert context.params is not None
     amounts: list[tuple[str, int]] = []
-    total_tokens = sum(int(c["tokens"]) for c in commitments)
-    if total_tokens > 0:
-        for commitment in commitments:
-            share = context.params.contributor_reward * int(commitment["tokens"])
-            amounts.append((commitment["node"], share // total_tokens))
+    weights = [
+        (c["node"], int(c["tokens"]) * score_units(c["robustness_score"]))
+        for c in commitments
+    ]
+    total_weight = sum(weight for _, weight in weights)
+    if total_weight > 0:
+        for node, weight in weights:
+            share = context.params.contributor_reward * weight
+            amounts.append((node, share // total_weight))
     amounts.append((proposer, context.params.proposer_reward))
     return _protocol_rewards(context, amounts)
+
+
+def score_units(score: float) -> int:
+    """Return a robustness score in [0, 1] as an integer number of millionths."""
+    return int(round(score * SCORE_UNITS))
+
+
+def zero_score_slashes(
+    context: ChainContext, commitments: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Build the slashes of a data block and the zero-score streaks after it.
+
+    A node's streak grows by one for each closed round whose commitments give it
+    a robustness score of 0 and restarts at 0 after any positive score. A node
+    absent from a round keeps its streak. When the streak reaches
+    `zero_score_rounds`, `zero_score_slash_basis_points` of the node's stake
+    (rounded up, as for a double sign) is burned and the streak restarts, so one
+    run of zero scores is slashed once.
+    """
+    assert context.params is not None
+    rounds = context.params.zero_score_rounds
+    basis_points = context.params.zero_score_slash_basis_points
+    streaks = dict(context.zero_score_streaks)
+    slashes: list[dict[str, Any]] = []
+    if rounds <= 0 or basis_points <= 0:
+        return slashes, streaks
+    for commitment in commitments:
+        node = commitment["node"]
+        if score_units(commitment["robustness_score"]) > 0:
+            streaks.pop(node, None)
+            continue
+        streaks[node] = streaks.get(node, 0) + 1
+        if streaks[node] < rounds:
+            continue
+        del streaks[node]
+        stake = context.accounts.stakes.get(node, 0)
+        if stake > 0:
+            amount = get_slash_amount(stake, basis_points)
+            slashes.append({"node": node, "amount": amount, "zero_rounds": rounds})
+    return slashes, streaks
+
+
+def apply_zero_score_slashes(
+    state: AccountState, slashes: list[dict[str, Any]]
+) -> AccountState:
+    """Burn the slashed amounts from the nodes' bonded stakes."""
+    stakes = dict(state.stakes)
+    burned = state.burned
+    for slash in slashes:
+        stakes[slash["node"]] -= slash["amount"]
+        burned += slash["amount"]
+    return dataclasses.replace(state, stakes=stakes, burned=burned)
 
 
 def attester_rewards(context: ChainContext, signers: list[str]) -> list[Transaction]:
@@ -413,6 +491,18 @@ def process_genesis(
         raise InvalidBlockError(height, "genesis", f"malformed: {error}") from error
     if sum(stakes.values()) <= 0:
         raise InvalidBlockError(height, "genesis", "no validator bonds stake")
+    if not (
+        _is_int(params.zero_score_rounds)
+        and params.zero_score_rounds >= 0
+        and _is_int(params.zero_score_slash_basis_points)
+        and 0 <= params.zero_score_slash_basis_points <= BASIS_POINTS
+    ):
+        raise InvalidBlockError(
+            height,
+            "genesis",
+            f"zero-score slash of {params.zero_score_slash_basis_points!r} basis points"
+            f" after {params.zero_score_rounds!r} rounds is out of range",
+        )
     minted = sum(stakes.values()) + sum(balances.values())
     context.params = params
     context.accounts = AccountState(balances=balances, stakes=stakes, minted=minted)
@@ -450,17 +540,42 @@ def check_commitments(height: int, commitments: Any) -> list[dict[str, Any]]:
     for item in commitments:
         if (
             not isinstance(item, dict)
-            or set(item) != {"node", "update_hash", "tokens", "privacy_spent"}
+            or set(item) != COMMITMENT_KEYS
             or not is_account_id(item["node"])
             or not isinstance(item["update_hash"], str)
             or len(item["update_hash"]) != 64
-            or not isinstance(item["tokens"], int)
+            or not _is_int(item["tokens"])
             or item["tokens"] <= 0
             or item["node"] in nodes
         ):
             raise InvalidBlockError(height, "commitments", f"malformed entry {item!r}")
+        score = item["robustness_score"]
+        if not _is_number(score) or not 0.0 <= score <= 1.0:
+            raise InvalidBlockError(
+                height,
+                "commitments",
+                f"robustness score {score!r} of {item['node'][:16]} is not in [0, 1]",
+            )
+        spent = item["privacy_spent"]
+        if spent is not None and spent != UNBOUNDED_EPSILON and (
+            not _is_number(spent) or spent < 0
+        ):
+            raise InvalidBlockError(
+                height,
+                "commitments",
+                f"privacy_spent {spent!r} of {item['node'][:16]} is not a"
+                f" non-negative epsilon, {UNBOUNDED_EPSILON!r} or null",
+            )
         nodes.add(item["node"])
     return commitments
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def process_version(
@@ -505,10 +620,10 @@ def process_data(
 ) -> ChainContext:
     """Apply a data block: it closes a round as accepted or rejected."""
     height = block.height
-    keys = {"round", "status", "reason", "commitments", "transactions"}
+    keys = {"round", "status", "reason", "commitments", "transactions", "slashes"}
     if set(payload) != keys or payload["status"] not in ROUND_STATUSES:
         raise InvalidBlockError(height, "data", f"payload keys must be {sorted(keys)}")
-    check_commitments(height, payload["commitments"])
+    commitments = check_commitments(height, payload["commitments"])
     last = context.last_version
     open_version = last is not None and last["round"] > context.last_round
     if payload["round"] != context.last_round + 1:
@@ -529,7 +644,18 @@ def process_data(
         expected = []
     if payload["transactions"] != expected:
         raise InvalidBlockError(height, "rewards", "attester reward transactions differ")
+    slashes, streaks = zero_score_slashes(context, commitments)
+    if payload["slashes"] != slashes:
+        raise InvalidBlockError(
+            height,
+            "zero-score-slash",
+            f"slashes {payload['slashes']!r} differ from the expected {slashes!r}",
+        )
     new_context = apply_block_transactions(context, block, expected, False)
+    new_context.accounts = apply_zero_score_slashes(new_context.accounts, slashes)
+    if not supply_invariant_holds(new_context.accounts):
+        raise InvalidBlockError(height, "supply", "total supply != minted - burned")
+    new_context.zero_score_streaks = streaks
     new_context.last_round = payload["round"]
     return new_context
 

@@ -57,10 +57,15 @@ from linguachain.ledger.keys import (
     read_validators,
 )
 from linguachain.ledger.models import Block
-from linguachain.ledger.rules import ConsensusParams, get_block_proposer
+from linguachain.ledger.rules import (
+    UNBOUNDED_EPSILON,
+    ConsensusParams,
+    get_block_proposer,
+)
 from linguachain.ledger.store import load_weights, save_weights
 from linguachain.privacy.kits import SERVER_DIR
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY
+from linguachain.strategies.screening import node_key
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,8 @@ def consensus_params(config: RunConfig) -> ConsensusParams:
         slash_basis_points=settings.slash_basis_points,
         quorum_numerator=numerator,
         quorum_denominator=denominator,
+        zero_score_rounds=settings.zero_score_rounds,
+        zero_score_slash_basis_points=settings.zero_score_slash_basis_points,
     )
 
 
@@ -119,6 +126,9 @@ class ConsensusDriver:
         self.extra_records: dict[str, ConfigRecord] = {}
         self.grid: Grid | None = None
         self._vdf_seconds = 0.0
+        # Each node's epsilon spent so far, by node key, for rounds whose
+        # report carries none for it.
+        self._epsilon: dict[str, float] = {}
 
     # --- Setup and resume ---
 
@@ -218,7 +228,7 @@ class ConsensusDriver:
         outcome = RoundOutcome(status="rejected")
         self._vdf_seconds = 0.0
         self._include_mempool()
-        commitments = self._commitments(replies, encrypted)
+        commitments = self._commitments(replies, encrypted, extra_metrics or {})
         context = self.ledger.context()
         chain_round = context.last_round + 1
         if arrays is None:
@@ -270,8 +280,23 @@ class ConsensusDriver:
             self.sync(self.grid)
 
     def _commitments(
-        self, replies: list[Message], encrypted: dict[int, str] | None
+        self,
+        replies: list[Message],
+        encrypted: dict[int, str] | None,
+        report: dict[str, Any],
     ) -> list[dict[str, Any]]:
+        """Build the round's update commitments with scores and privacy spent.
+
+        `report` is the strategy's round report (`RoundReport.as_metrics`). A node
+        it gives no robustness score gets 1.0. With differential privacy on, a
+        node it gives no epsilon keeps the last one recorded (0.0 at first).
+        """
+        scores = report.get("robustness_scores") or {}
+        epsilons = report.get("epsilon") or {}
+        self._epsilon.update(
+            {key: math.inf if value is None else float(value)
+             for key, value in epsilons.items()}
+        )
         commitments = []
         for reply in replies:
             node_id = reply.metadata.src_node_id
@@ -291,13 +316,24 @@ class ConsensusDriver:
                 update_hash = hash_weights({n: a.numpy() for n, a in arrays.items()})
             else:
                 continue
+            key = node_key(reply)
             commitments.append(
-                {"node": account, "update_hash": update_hash, "tokens": tokens,
-                 # NOTE: per-node epsilon goes into the version block's metrics
-                 # ("epsilon", by partition); it is not yet copied here.
-                 "privacy_spent": None}
+                {
+                    "node": account,
+                    "update_hash": update_hash,
+                    "tokens": tokens,
+                    "robustness_score": commitment_score(scores.get(key)),
+                    "privacy_spent": self._privacy_spent(key),
+                }
             )
         return sorted(commitments, key=lambda c: c["node"])
+
+    def _privacy_spent(self, key: str) -> float | str | None:
+        """Return a node's epsilon so far for its commitment (None without DP)."""
+        if not self.config.privacy.enabled:
+            return None
+        epsilon = self._epsilon.get(key, 0.0)
+        return epsilon if math.isfinite(epsilon) else UNBOUNDED_EPSILON
 
     def _include_mempool(self) -> None:
         entries = self.ledger.mempool()
@@ -488,6 +524,13 @@ class ConsensusGate:
             report.as_metrics() if report is not None else None,
         )
         return decided, metrics
+
+
+def commitment_score(score: float | None) -> float:
+    """Return a node's robustness score as committed: 1.0 if unscored, 6 decimals."""
+    if score is None or not math.isfinite(score):
+        return 1.0 if score is None else 0.0
+    return round(min(max(float(score), 0.0), 1.0), 6)
 
 
 def canonical_metric(value: Any) -> Any:

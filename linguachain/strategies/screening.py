@@ -16,7 +16,9 @@ round it:
    update).
 5. composes the round's differential privacy release in the accountant.
 
-Scores and privacy spent are kept in `round_reports` for metrics and the ledger.
+Scores and privacy spent are kept in `round_reports` for metrics and the ledger,
+whose update commitments carry each node's score and epsilon: rewards scale with
+the score, and repeated zero scores slash stake (see `ledger.rules`).
 """
 
 from __future__ import annotations
@@ -315,9 +317,6 @@ class UpdateScreening:
             self._global_weights,
         )
         direction = flat_vector(aggregate)
-        # NOTE: the scores only reach metrics and the version block's metrics.
-        # Scaling rewards by them and slashing stake after repeated zero scores
-        # belong to the ledger's data blocks, which do not exist yet.
         for key, update in updates.items():
             report.scores[key] = max(
                 0.0, cosine_similarity(flat_vector(update), direction)

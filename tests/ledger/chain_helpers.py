@@ -64,11 +64,12 @@ def start_chain(url: str, keys: list[ValidatorKey]) -> Ledger:
     return ledger
 
 
-def commitments(keys: list[ValidatorKey]) -> list[dict]:
+def commitments(keys: list[ValidatorKey], scores: list[float] | None = None) -> list[dict]:
+    scores = scores or [1.0] * len(keys)
     return [
         {"node": key.account, "update_hash": f"{i + 1:064x}", "tokens": 100 * (i + 1),
-         "privacy_spent": None}
-        for i, key in enumerate(keys)
+         "robustness_score": score, "privacy_spent": None}
+        for i, (key, score) in enumerate(zip(keys, scores, strict=True))
     ]
 
 
