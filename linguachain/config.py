@@ -167,6 +167,8 @@ class AttackConfig:
     backdoor_prompts: int = 32
     # backdoor: times the trigger and target are written into each chosen block.
     backdoor_copies: int = 1
+    # backdoor: factor the poisoned update is multiplied by (model replacement).
+    backdoor_boost: float = 1.0
     # free_rider: send a zero update, or replay the last global model step.
     free_rider_mode: str = choices("zero", "stale", default="zero")
     # oversized: L2 norm the update is scaled up to.
@@ -483,6 +485,12 @@ def check_attack(attack: AttackConfig) -> None:
         "use >= 1",
     )
     _require(
+        math.isfinite(attack.backdoor_boost) and attack.backdoor_boost > 0,
+        "attack.backdoor_boost",
+        attack.backdoor_boost,
+        "use a finite factor > 0 (1 sends the poisoned update as trained)",
+    )
+    _require(
         attack.backdoor_copies >= 1,
         "attack.backdoor_copies",
         attack.backdoor_copies,
@@ -582,16 +590,6 @@ def check_aggregation(config: RunConfig) -> None:
         )
     if name == "fltrust" and scheme == "ckks":
         _check_scoring_parameters(config.secure_aggregation.ckks_parameters)
-
-    if config.privacy.enabled and config.secure_aggregation.scheme != "none":
-        # NOTE: nodes add their noise before encrypting, but only the plaintext
-        # strategies run the RDP accountant so far.
-        logger.warning(
-            "privacy.enabled with secure_aggregation.scheme=%r: nodes clip and add"
-            " noise, but epsilon is not reported on the encrypted path yet. Set"
-            " secure_aggregation.scheme=none to get epsilon in metrics.",
-            config.secure_aggregation.scheme,
-        )
 
     minimum = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}
     if name in minimum and n < minimum[name]:

@@ -129,6 +129,12 @@ def test_oversized_zero_update_gets_random_direction():
     assert update_norm(big) == pytest.approx(1e3, rel=1e-4)
 
 
+def test_backdoor_boost_scales_update():
+    boosted = attack_update(update(), attack("backdoor", backdoor_boost=3.0), seed=1)
+    for name, value in update().items():
+        np.testing.assert_allclose(boosted[name], 3.0 * value)
+
+
 def test_data_attack_leaves_update_alone():
     honest = update()
     assert attack_update(honest, attack("backdoor"), seed=1) is honest
@@ -237,6 +243,7 @@ def test_backdoor_success_measured_on_trained_model(tokenizer):
         ("attack.noise_std", -1.0),
         ("attack.oversized_norm", 0.0),
         ("attack.backdoor_copies", 0),
+        ("attack.backdoor_boost", 0.0),
     ],
 )
 def test_bad_attack_config_fails_at_load(key, value):

@@ -8,7 +8,7 @@ count. It deviates in two places only, which the train handler calls as steps:
    (`data_poisoning`, `backdoor`).
 2. `attack_update` changes the update (local minus global weights) it sends
    (`sign_flip`, `scaling`, `gaussian_noise`, `free_rider`, `non_finite`,
-   `oversized`). It runs after differential privacy, because an attacker does
+   `oversized`, and `backdoor` with `attack.backdoor_boost` other than 1). It runs after differential privacy, because an attacker does
    not have to clip or add noise.
 
 Which partitions turn malicious is a seeded draw over partition ids, so every
@@ -134,6 +134,10 @@ def attack_update(
     weights) is what a `stale` free rider replays; without it the free rider
     sends zeros.
     """
+    if attack.kind == "backdoor" and attack.backdoor_boost != 1.0:
+        # Model replacement: the boost makes the poisoned update outweigh the
+        # honest ones in an average.
+        return OrderedDict((k, v * attack.backdoor_boost) for k, v in update.items())
     if attack.kind not in UPDATE_ATTACKS:
         return update
     rng = np.random.default_rng(seed)
