@@ -39,6 +39,7 @@ from linguachain.client_app.secure_update import (
 )
 from linguachain.config import RunConfig, flatten, load_config
 from linguachain.privacy import ckks, kits, paillier
+from linguachain.privacy.dp import PrivacyAccounting
 from linguachain.privacy.records import (
     CIPHERTEXT_RECORD,
     PARTIAL_RECORD,
@@ -268,6 +269,65 @@ def test_paillier_matches_quantized_fedavg(kit_dir):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
     np.testing.assert_allclose(got, expected_average(NODE_IDS), rtol=0, atol=2**-17)
     assert strategy.round_stats[1].extra["bytes_per_param"] < 8.5
+
+
+# Differential privacy accounting over encrypted updates.
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "paillier"])
+def test_epsilon_reported_per_node(kit_dir, scheme):
+    config = load_config(
+        {
+            **flatten(make_config(kit_dir, scheme)),
+            "privacy.enabled": True,
+            "privacy.noise_multiplier": 0.8,
+            "privacy.clip_norm": 1.0,
+            "federation.num_nodes": len(NODE_IDS),
+        }
+    )
+    replies = [encrypted_reply(config, i) for i in NODE_IDS]
+    for partition, reply in enumerate(replies):
+        reply.content["metrics"]["partition-id"] = partition
+    strategy = build_strategy(config)
+    arrays = ArrayRecord(
+        OrderedDict((k, Array(v)) for k, v in global_weights().items())
+    )
+    messages = list(
+        strategy.configure_train(
+            1, arrays, ConfigRecord(flatten(config)), InProcessGrid()
+        )
+    )
+    assert [m.content["config"]["sampled-nodes"] for m in messages] == [3, 3, 3]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+
+    # A fresh accountant fed the same release gives the same epsilons: sigma,
+    # 3 noisy nodes and each node's weight (training blocks) in the sum.
+    expected = PrivacyAccounting(0.8, config.privacy.delta, 3, linear=True)
+    expected_round = expected.record_round(
+        3,
+        {f"partition-{p}": TOKENS[i] // BLOCK for p, i in enumerate(NODE_IDS)},
+    )
+    privacy = strategy.round_reports[1].privacy
+    assert privacy is not None
+    assert privacy["noisy_nodes"] == 3
+    assert sorted(privacy["per_node"]) == ["partition-0", "partition-1", "partition-2"]
+    for key, budget in expected_round["per_node"].items():
+        assert privacy["per_node"][key]["epsilon"] == pytest.approx(budget["epsilon"])
+        assert privacy["per_node"][key]["rounds"] == 1
+        assert 0 < budget["epsilon"] < float("inf")
+    metrics = strategy.round_reports[1].as_metrics()
+    assert metrics["epsilon"] == {
+        key: budget["epsilon"] for key, budget in privacy["per_node"].items()
+    }
+
+
+def test_no_privacy_report_without_dp(kit_dir):
+    config = make_config(kit_dir, "ckks")
+    replies = [encrypted_reply(config, i) for i in NODE_IDS]
+    strategy, result = run_round(config, replies, InProcessGrid())
+    assert result[0] is not None
+    assert 1 not in strategy.round_reports
 
 
 # Malformed replies: each is dropped with its node named, and the round goes on.

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 
 from linguachain.config import RunConfig
@@ -98,10 +105,15 @@ def _finite_or_none(value: Any) -> Any:
 
 def node_key(reply: Message) -> str:
     """Name a reply's node by its partition id when it sends one, else its node id."""
-    metrics = next(iter(reply.content.metric_records.values()), None)
+    return content_node_key(reply.content, reply.metadata.src_node_id)
+
+
+def content_node_key(content: RecordDict, node_id: int) -> str:
+    """Name a node by the partition id its reply content carries, else its node id."""
+    metrics = next(iter(content.metric_records.values()), None)
     if metrics is not None and PARTITION_ID_KEY in metrics:
         return f"partition-{int(metrics[PARTITION_ID_KEY])}"
-    return f"node-{reply.metadata.src_node_id}"
+    return f"node-{node_id}"
 
 
 def minimum_updates(rule: str, num_malicious: int) -> int:

@@ -44,6 +44,7 @@ from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 from linguachain.config import RunConfig, SecureAggregationConfig
 from linguachain.privacy import paillier
+from linguachain.privacy.dp import LINEAR_RULES, PrivacyAccounting
 from linguachain.privacy.codec import flatten_update, unflatten_update, update_shapes
 from linguachain.privacy.errors import (
     InsufficientSharesError,
@@ -71,6 +72,11 @@ from linguachain.privacy.secure_sum import (
 )
 from linguachain.privacy.threshold import PartialDecryption, verify_partial_decryption
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY, RoundRecorder, RoundStats
+from linguachain.strategies.screening import (
+    SAMPLED_NODES_KEY,
+    RoundReport,
+    content_node_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +144,13 @@ class SecureAggregator(FedAvg):
             self.set_cipher(cipher, self.settings, block_size, decrypt_timeout)
         # SHA-256 commitments of the aggregated replies per round, by node id.
         self.commitments: dict[int, dict[int, str]] = {}
+        # Robustness scores and privacy spent per round, for metrics and ledger.
+        self.round_reports: dict[int, RoundReport] = {}
+        self.privacy: PrivacyAccounting | None = None
+        self._sampled: dict[int, int] = {}
+        # Rounds whose per-node values (FLTrust scalars) were decrypted, so the
+        # accountant composes them even when the round is rejected afterwards.
+        self._released: set[int] = set()
         self._grid: Grid | None = None
         self._global_arrays: ArrayRecord | None = None
         self._train_config: ConfigRecord | None = None
@@ -160,14 +173,33 @@ class SecureAggregator(FedAvg):
         self.block_size = block_size
         self.decrypt_timeout = decrypt_timeout
 
+    def configure_privacy(self, config: RunConfig) -> None:
+        """Run the RDP accountant when nodes clip and add noise before encrypting."""
+        if not config.privacy.enabled:
+            self.privacy = None
+            return
+        self.privacy = PrivacyAccounting(
+            noise_multiplier=config.privacy.noise_multiplier,
+            delta=config.privacy.delta,
+            population=config.federation.num_nodes,
+            linear=config.aggregation.name in LINEAR_RULES,
+        )
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global model and grid, then sample nodes as FedAvg does."""
+        """Remember the global model and grid, sample nodes, tell them the count.
+
+        Each node's share of the DP noise depends on how many nodes were sampled.
+        """
         self._grid = grid
         self._global_arrays = arrays
         self._train_config = config
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sampled[server_round] = len(messages)
+        for message in messages:
+            message.content[CONFIG_RECORD][SAMPLED_NODES_KEY] = len(messages)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -206,7 +238,10 @@ class SecureAggregator(FedAvg):
             average = self.decrypt_sum(server_round, summed, total_weight, len(loaded))
             stats.phase_seconds["decrypt"] = time.perf_counter() - started
         except RoundRejectedError as error:
+            if server_round in self._released:
+                self.account_privacy(server_round, loaded)
             return self._reject(server_round, str(error))
+        self.account_privacy(server_round, loaded)
 
         self.commitments[server_round] = {
             reply.node_id: reply.commitment for reply in loaded
@@ -226,6 +261,32 @@ class SecureAggregator(FedAvg):
             stats.phase_seconds["decrypt"],
         )
         return arrays, metrics
+
+    def account_privacy(self, server_round: int, loaded: list[LoadedReply]) -> None:
+        """Compose this round's release for each summed node in the accountant.
+
+        Nodes clip to C and add noise of std sigma * C / sqrt(n) before encrypting,
+        so the accountant needs only sigma, the number n of sampled nodes and
+        each node's weight in the sum (its training blocks), never an update.
+        """
+        if self.privacy is None or not loaded:
+            return
+        weights = {
+            content_node_key(reply.content, reply.node_id): float(reply.weight)
+            for reply in loaded
+        }
+        noisy = self._sampled.get(server_round, len(loaded))
+        report = self.round_reports.setdefault(server_round, RoundReport())
+        report.privacy = self.privacy.record_round(noisy, weights)
+        logger.info(
+            "Round %d: differential privacy spent so far epsilon=%.3f (vs. server"
+            " %.3f) at delta=%g over %d encrypted updates",
+            server_round,
+            report.privacy["epsilon"],
+            report.privacy["epsilon_vs_server"],
+            self.privacy.delta,
+            len(loaded),
+        )
 
     def load_replies(
         self, server_round: int, replies: Iterable[Message]
@@ -639,6 +700,20 @@ def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
                 "secure_aggregation.scheme=ckks"
             )
         strategy = LinguaChainSecureFLTrust(**common)
+    elif config.aggregation.name == "norm_bound":
+        from linguachain.strategies.secure_norm_bound import (
+            LinguaChainSecureNormBound,
+        )
+
+        if not isinstance(cipher, CKKSAggregator):
+            raise ValueError(
+                "aggregation.name=norm_bound with encryption needs"
+                " secure_aggregation.scheme=ckks"
+            )
+        bounded = LinguaChainSecureNormBound(**common)
+        bounded.norm_bound = config.aggregation.norm_bound
+        bounded.max_update_norm = config.aggregation.max_update_norm
+        strategy = bounded
     elif config.aggregation.name == "fedavgm":
         strategy = LinguaChainSecureFedAvgM(
             **common,
@@ -650,4 +725,5 @@ def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
     strategy.set_cipher(
         cipher, secure, config.data.block_size, config.federation.timeout
     )
+    strategy.configure_privacy(config)
     return strategy

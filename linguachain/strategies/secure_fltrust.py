@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 
 from linguachain.privacy import fltrust
 from linguachain.privacy.errors import InvalidCiphertextError
@@ -44,7 +44,7 @@ from linguachain.privacy.records import (
 from linguachain.privacy.secure_sum import CKKSAggregator
 from linguachain.privacy.updates import Weights, flat_vector
 from linguachain.strategies.recording import RoundRecorder
-from linguachain.strategies.screening import PARTITION_ID_KEY, RoundReport
+from linguachain.strategies.screening import RoundReport, content_node_key
 from linguachain.strategies.secure_fedavg import (
     CommitteeRequest,
     LoadedReply,
@@ -55,14 +55,6 @@ from linguachain.strategies.secure_fedavg import (
 logger = logging.getLogger(__name__)
 
 
-def content_node_key(content: RecordDict, node_id: int) -> str:
-    """Name a reply's node by its partition id when it sends one, else its node id."""
-    metrics = next(iter(content.metric_records.values()), None)
-    if metrics is not None and PARTITION_ID_KEY in metrics:
-        return f"partition-{int(metrics[PARTITION_ID_KEY])}"
-    return f"node-{node_id}"
-
-
 class SecureFLTrust(SecureAggregator):
     """FLTrust over CKKS ciphertexts; see the module docstring."""
 
@@ -71,7 +63,6 @@ class SecureFLTrust(SecureAggregator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reference_fn: Callable[[Weights], Weights] | None = None
-        self.round_reports: dict[int, RoundReport] = {}
 
     def load_replies(
         self, server_round: int, replies: Iterable[Message]
@@ -108,6 +99,9 @@ class SecureFLTrust(SecureAggregator):
         )
 
         scalars = self._decrypt_scores(server_round, scores)
+        # The server now knows each node's <x_i, r> and |x_i|, functions of its
+        # noisy update, so the round counts for privacy whatever follows.
+        self._released.add(server_round)
         outcome = fltrust.trust_weights(scalars, float(np.linalg.norm(reference)))
         self._record_trust(server_round, loaded, outcome)
         if sum(outcome.trust) == 0:
