@@ -572,14 +572,26 @@ def check_aggregation(config: RunConfig) -> None:
     )
 
     plaintext_only = ("krum", "multikrum", "median", "trimmed_mean", "bulyan")
-    plaintext_only += ("norm_bound",)
     scheme = config.secure_aggregation.scheme
     if name in plaintext_only and scheme != "none":
         raise ConfigError(
             f"Invalid aggregation: {name} runs on plaintext updates, but"
             f" secure_aggregation.scheme={scheme!r} sends ciphertexts. Set"
-            " secure_aggregation.scheme=none, or use fedavg, fedavgm or fltrust"
-            " (with ckks) with encryption."
+            " secure_aggregation.scheme=none, or use fedavg, fedavgm, or fltrust or"
+            " norm_bound (with ckks) with encryption."
+        )
+    if name == "norm_bound" and scheme == "paillier":
+        # NOTE: Paillier cannot multiply two ciphertexts, so the server cannot
+        # compute |x_i|^2. A sound Paillier variant needs a protocol in which the
+        # committee sees only a masked update, for example a norm proof from the
+        # node or a mask the server removes; it is not built.
+        raise ConfigError(
+            "Invalid aggregation: norm_bound over ciphertexts squares each update,"
+            " which secure_aggregation.scheme='paillier' cannot do. Set"
+            " secure_aggregation.scheme=ckks with"
+            " secure_aggregation.ckks_parameters=scoring, or scheme=none, or clip"
+            " on the nodes with privacy.enabled=true and privacy.clip_norm (with"
+            " privacy.noise_multiplier=0 for clipping without noise)."
         )
     if name == "fltrust" and scheme == "paillier":
         raise ConfigError(
@@ -588,8 +600,8 @@ def check_aggregation(config: RunConfig) -> None:
             " secure_aggregation.scheme=ckks with"
             " secure_aggregation.ckks_parameters=scoring, or scheme=none."
         )
-    if name == "fltrust" and scheme == "ckks":
-        _check_scoring_parameters(config.secure_aggregation.ckks_parameters)
+    if name in ("fltrust", "norm_bound") and scheme == "ckks":
+        _check_scoring_parameters(config.secure_aggregation.ckks_parameters, name)
 
     minimum = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}
     if name in minimum and n < minimum[name]:
@@ -684,8 +696,8 @@ def check_consensus_ranges(config: ConsensusConfig) -> None:
     )
 
 
-def _check_scoring_parameters(parameter_set: str) -> None:
-    """Reject a CKKS parameter set too shallow for encrypted FLTrust scoring."""
+def _check_scoring_parameters(parameter_set: str, rule: str = "fltrust") -> None:
+    """Reject a CKKS parameter set too shallow for encrypted scoring or clipping."""
     # Imported here so that loading a config without FLTrust over CKKS does not
     # import TenSEAL.
     from linguachain.privacy.ckks import get_parameters
@@ -698,7 +710,7 @@ def _check_scoring_parameters(parameter_set: str) -> None:
         raise ConfigError(
             "Invalid secure_aggregation.ckks_parameters:"
             f" {parameter_set!r} has multiplicative depth {params.depth} {galois}"
-            " Galois keys, but aggregation=fltrust over CKKS needs depth >= 1 and"
+            f" Galois keys, but aggregation={rule} over CKKS needs depth >= 1 and"
             " Galois keys. Set secure_aggregation.ckks_parameters=scoring."
         )
 

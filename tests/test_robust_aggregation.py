@@ -237,11 +237,43 @@ def test_multikrum_select_above_n_minus_f_rejected():
         load_config({**PLAINTEXT, **overrides})
 
 
-@pytest.mark.parametrize("name", ["krum", "median", "norm_bound"])
+@pytest.mark.parametrize("name", ["krum", "median", "trimmed_mean"])
 def test_robust_rule_rejected_with_encryption(name):
     overrides = {"aggregation.name": name, "secure_aggregation.scheme": "ckks"}
     with pytest.raises(ConfigError, match="runs on plaintext updates"):
         load_config(overrides)
+
+
+def test_norm_bound_over_ckks_needs_depth():
+    overrides = {
+        "aggregation.name": "norm_bound",
+        "secure_aggregation.scheme": "ckks",
+        "secure_aggregation.ckks_parameters": "sum",
+    }
+    with pytest.raises(ConfigError, match="aggregation=norm_bound over CKKS"):
+        load_config(overrides)
+
+
+def test_norm_bound_over_paillier_names_alternatives():
+    overrides = {
+        "aggregation.name": "norm_bound",
+        "secure_aggregation.scheme": "paillier",
+    }
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides)
+    message = str(error.value)
+    assert "ckks_parameters=scoring" in message
+    assert "scheme=none" in message
+    assert "privacy.clip_norm" in message
+
+
+def test_norm_bound_over_scoring_ckks_loads():
+    overrides = {
+        "aggregation.name": "norm_bound",
+        "secure_aggregation.scheme": "ckks",
+        "secure_aggregation.ckks_parameters": "scoring",
+    }
+    assert load_config(overrides).aggregation.name == "norm_bound"
 
 
 def test_fltrust_over_ckks_needs_depth():

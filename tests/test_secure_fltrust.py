@@ -256,3 +256,78 @@ def test_score_request_for_update_rejected(config):
     )
     with pytest.raises(ValueError, match="expected one scalar each"):
         handle_decrypt_scores(message, node_context(NODE_IDS[0]))
+
+
+# Norm bounding over CKKS, with the same kits, nodes and handlers.
+
+
+def norm_bound_config(config: RunConfig, **aggregation) -> RunConfig:
+    changed = dataclasses.replace(
+        config.aggregation, name="norm_bound", **aggregation
+    )
+    return dataclasses.replace(config, aggregation=changed)
+
+
+def plaintext_norm_bound(node_ids: list[int], bound: float) -> np.ndarray:
+    """FedAvg of the updates clipped to `bound`, weighted by training blocks."""
+    weights = [TOKENS[i] // BLOCK for i in node_ids]
+    clipped = []
+    for node_id in node_ids:
+        update = flat(node_update(node_id))
+        clipped.append(update * min(1.0, bound / np.linalg.norm(update)))
+    return sum(w * u for w, u in zip(weights, clipped)) / sum(weights)
+
+
+def encrypted_update(arrays) -> np.ndarray:
+    return flat(OrderedDict((k, v.numpy()) for k, v in arrays.items())) - flat(
+        global_weights()
+    )
+
+
+def test_norm_bound_matches_plaintext_clip(config):
+    norms = [float(np.linalg.norm(flat(node_update(i)))) for i in NODE_IDS]
+    # Between the honest norms and the boosted flipped one, so only it is clipped.
+    bound = 2.0 * max(norms[:3])
+    assert norms[3] > bound
+    strategy, grid, (arrays, _) = run_round(
+        norm_bound_config(config, norm_bound=bound), NODE_IDS
+    )
+    assert arrays is not None
+    got = encrypted_update(arrays)
+    expected = plaintext_norm_bound(NODE_IDS, bound)
+    assert np.max(np.abs(got - expected)) < 1e-5 * np.max(np.abs(expected))
+
+    report = strategy.round_reports[1]
+    assert report.norm_bound == bound
+    for partition, norm in enumerate(norms):
+        assert report.norms[f"partition-{partition}"] == pytest.approx(norm, rel=1e-4)
+    assert report.scores == {}
+    decryptors = NODE_IDS[: config.secure_aggregation.ckks_decryptors]
+    assert grid.requests == [
+        *((DECRYPT_SCORES_MESSAGE_TYPE, i) for i in decryptors),
+        *(("query.decrypt", i) for i in decryptors),
+    ]
+
+
+def test_norm_bound_zero_uses_median(config):
+    strategy, _, (arrays, _) = run_round(norm_bound_config(config), NODE_IDS)
+    norms = [float(np.linalg.norm(flat(node_update(i)))) for i in NODE_IDS]
+    median = float(np.median(norms))
+    report = strategy.round_reports[1]
+    assert report.norm_bound == pytest.approx(median, rel=1e-4)
+    expected = plaintext_norm_bound(NODE_IDS, median)
+    got = encrypted_update(arrays)
+    assert np.max(np.abs(got - expected)) < 1e-5 * np.max(np.abs(expected))
+
+
+def test_norm_bound_leaves_out_oversized(config):
+    norms = [float(np.linalg.norm(flat(node_update(i)))) for i in NODE_IDS]
+    limit = 2.0 * max(norms[:3])
+    bounded = norm_bound_config(config, norm_bound=limit, max_update_norm=limit)
+    strategy, _, (arrays, _) = run_round(bounded, NODE_IDS)
+    report = strategy.round_reports[1]
+    assert report.scores == {"partition-3": 0.0}
+    assert "max_update_norm" in report.rejected["partition-3"]
+    expected = plaintext_norm_bound(NODE_IDS[:3], limit)
+    got = encrypted_update(arrays)
+    assert np.max(np.abs(got - expected)) < 1e-5 * np.max(np.abs(expected))

@@ -32,6 +32,8 @@ from linguachain.privacy.records import (
     CIPHERTEXT_RECORD,
     DECRYPT_RECORD,
     FLTRUST_SUM_KIND,
+    SCALARS_PER_NODE_KEY,
+    SCALED_SUM_KIND,
     SUM_KIND,
     PLAINTEXT_RECORD,
     SCORES_KEY,
@@ -232,14 +234,15 @@ def handle_decrypt(msg: Message, context: Context) -> Message:
             average = decrypt_ckks_average(
                 kit.ckks_context, chunks, total_weight, length
             )
-        elif kind == FLTRUST_SUM_KIND:
-            # The trust weights already divide by the sum of trust scores.
+        elif kind in (FLTRUST_SUM_KIND, SCALED_SUM_KIND):
+            # The server's weights already divide by their total (the sum of
+            # trust scores, or of block weights for norm bounding).
             average = fltrust.decrypt_aggregate(kit.ckks_context, chunks, length)
             average = average / float(total_weight)
         else:
             raise ValueError(
                 f"decryption request has {CIPHERTEXT_KIND_KEY}={kind!r}; expected"
-                f" {SUM_KIND!r} or {FLTRUST_SUM_KIND!r}"
+                f" {SUM_KIND!r}, {FLTRUST_SUM_KIND!r} or {SCALED_SUM_KIND!r}"
             )
         logger.info(
             "Node %d: decrypted the CKKS %s of %d replies for round %d",
@@ -290,31 +293,28 @@ def handle_decrypt_scores(msg: Message, context: Context) -> Message:
 
     chunks = chunks_from_record(msg.content[CIPHERTEXT_RECORD])
     num_scores = int(request["num-scores"])
-    if len(chunks) != 2 * num_scores:
+    # FLTrust sends an inner product and a squared norm per node, norm bounding
+    # only the squared norm.
+    per_node = int(request.get(SCALARS_PER_NODE_KEY, 2))
+    if per_node < 1 or len(chunks) != per_node * num_scores:
         raise ValueError(
             f"score request carries {len(chunks)} ciphertexts for {num_scores}"
-            " nodes; expected an inner product and a squared norm per node"
+            f" nodes; expected {per_node} scalars per node"
         )
-    scores = [
-        fltrust.EncryptedScore(chunks[2 * i], chunks[2 * i + 1])
-        for i in range(num_scores)
-    ]
 
-    # decrypt_scores rejects any ciphertext that contains more than one value,
+    # decrypt_scalars rejects any ciphertext that contains more than one value,
     # so this handler never returns update coordinates.
-    scalars = fltrust.decrypt_scores(kit.ckks_context, scores)
+    scalars = fltrust.decrypt_scalars(kit.ckks_context, chunks)
     logger.info(
-        "Node %d: decrypted FLTrust scores of %d nodes for round %d",
+        "Node %d: decrypted %d scalars of %d nodes for round %d",
         kit.node_index,
+        len(scalars),
         num_scores,
         int(request["server-round"]),
     )
+    values = np.asarray(scalars, dtype=np.float64).reshape(num_scores, per_node)
     content = RecordDict(
-        {
-            PLAINTEXT_RECORD: ArrayRecord(
-                {SCORES_KEY: Array(np.asarray(scalars, dtype=np.float64))}
-            )
-        }
+        {PLAINTEXT_RECORD: ArrayRecord({SCORES_KEY: Array(values)})}
     )
     return Message(content=content, reply_to=msg)
 

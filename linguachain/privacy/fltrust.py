@@ -65,7 +65,8 @@ class TrustWeights:
     weights: list[float]
 
 
-def _require_scoring_context(context: ts.Context) -> None:
+def require_scoring_context(context: ts.Context) -> None:
+    """Reject a CKKS context without the depth and Galois keys of a dot product."""
     params = parameters_of(context)
     require_depth(params.name, 1)
     if not params.galois_keys:
@@ -75,7 +76,8 @@ def _require_scoring_context(context: ts.Context) -> None:
         )
 
 
-def _load(context: ts.Context, chunk: bytes, index: int) -> ts.CKKSVector:
+def load_chunk(context: ts.Context, chunk: bytes, index: int) -> ts.CKKSVector:
+    """Deserialize chunk `index` of an update as a CKKS vector of `context`."""
     try:
         return ts.ckks_vector_from(context, bytes(chunk))
     except (ValueError, RuntimeError, TypeError) as error:
@@ -88,7 +90,7 @@ def encrypted_scores(
     public_context: ts.Context, chunks: Sequence[bytes], reference: np.ndarray
 ) -> EncryptedScore:
     """Compute Enc(<u, r>) and Enc(|u|^2) from a node's encrypted update chunks."""
-    _require_scoring_context(public_context)
+    require_scoring_context(public_context)
     slots = parameters_of(public_context).slots
     reference = np.asarray(reference, dtype=np.float64)
     reference_chunks = split_chunks(reference, slots)
@@ -101,7 +103,7 @@ def encrypted_scores(
     inner_product: ts.CKKSVector | None = None
     squared_norm: ts.CKKSVector | None = None
     for index, (chunk, plain) in enumerate(zip(chunks, reference_chunks, strict=True)):
-        vector = _load(public_context, chunk, index)
+        vector = load_chunk(public_context, chunk, index)
         if vector.size() != plain.size:
             raise InvalidCiphertextError(
                 f"chunk {index} contains {vector.size()} values, expected {plain.size}"
@@ -123,21 +125,31 @@ def decrypt_scores(
     secret_context: ts.Context, scores: Sequence[EncryptedScore]
 ) -> list[tuple[float, float]]:
     """Decrypt only the (inner product, squared norm) scalars, on the key committee."""
+    blobs = [blob for s in scores for blob in (s.inner_product, s.squared_norm)]
+    values = decrypt_scalars(secret_context, blobs)
+    return [(values[2 * i], values[2 * i + 1]) for i in range(len(scores))]
+
+
+def decrypt_scalars(secret_context: ts.Context, blobs: Sequence[bytes]) -> list[float]:
+    """Decrypt ciphertexts that each hold one scalar, on the key committee.
+
+    Raise InvalidCiphertextError for a ciphertext of more than one value, so the
+    committee never decrypts update coordinates here.
+    """
     if not secret_context.is_private():
         raise ValueError(
             "the context has no secret key; decrypt scores on a node of the key"
             " committee"
         )
     scalars = []
-    for index, score in enumerate(scores):
-        inner = _load(secret_context, score.inner_product, index).decrypt()
-        square = _load(secret_context, score.squared_norm, index).decrypt()
-        if len(inner) != 1 or len(square) != 1:
+    for index, blob in enumerate(blobs):
+        values = load_chunk(secret_context, blob, index).decrypt()
+        if len(values) != 1:
             raise InvalidCiphertextError(
-                f"score {index} decrypts to {len(inner)} and {len(square)} values,"
-                " expected one scalar each; the committee decrypts nothing longer"
+                f"ciphertext {index} decrypts to {len(values)} values, expected one"
+                " scalar each; the committee decrypts nothing longer"
             )
-        scalars.append((float(inner[0]), float(square[0])))
+        scalars.append(float(values[0]))
     return scalars
 
 
@@ -172,7 +184,7 @@ def weighted_sum(
     weights: Sequence[float],
 ) -> list[bytes]:
     """Compute Enc(sum_i w_i u_i) chunk-wise from the nodes' encrypted updates."""
-    _require_scoring_context(public_context)
+    require_scoring_context(public_context)
     if len(chunk_lists) != len(weights) or not chunk_lists:
         raise ValueError(
             f"got {len(chunk_lists)} updates and {len(weights)} weights; pass one"
@@ -181,7 +193,7 @@ def weighted_sum(
     totals: list[ts.CKKSVector] | None = None
     for chunks, weight in zip(chunk_lists, weights, strict=True):
         scaled = [
-            _load(public_context, c, i) * float(weight) for i, c in enumerate(chunks)
+            load_chunk(public_context, c, i) * float(weight) for i, c in enumerate(chunks)
         ]
         if totals is None:
             totals = scaled
@@ -212,7 +224,7 @@ def decrypt_aggregate(
         )
     decrypted = []
     for index, (chunk, size) in enumerate(zip(chunks, expected_sizes, strict=True)):
-        vector = _load(secret_context, chunk, index)
+        vector = load_chunk(secret_context, chunk, index)
         if vector.size() != size:
             raise InvalidCiphertextError(
                 f"chunk {index} contains {vector.size()} values, expected {size}"

@@ -39,6 +39,10 @@ DECRYPT_SCORES_MESSAGE_TYPE = "query.decrypt_scores"
 CIPHERTEXT_KIND_KEY = "ciphertext-kind"
 SUM_KIND = "sum"
 FLTRUST_SUM_KIND = "fltrust-sum"
+# The FedAvg of norm-bounded updates, already divided by the total block weight.
+SCALED_SUM_KIND = "scaled-sum"
+# Scalars per node in a "query.decrypt_scores" request (FLTrust: 2, norm bound: 1).
+SCALARS_PER_NODE_KEY = "scalars-per-node"
 # Array of a score decryption reply: one (inner product, squared norm) row per node.
 SCORES_KEY = "scores"
 

@@ -265,9 +265,9 @@ class SecureAggregator(FedAvg):
     def account_privacy(self, server_round: int, loaded: list[LoadedReply]) -> None:
         """Compose this round's release for each summed node in the accountant.
 
-        Nodes clip to C and add noise of std sigma * C / sqrt(n) before encrypting,
-        so the accountant needs only sigma, the number n of sampled nodes and
-        each node's weight in the sum (its training blocks), never an update.
+        Nodes clip to C and add noise of std sigma * C / sqrt(n) before encrypting.
+        The accountant therefore needs only sigma, the number n of sampled nodes
+        and each node's weight in the sum (its training blocks), never an update.
         """
         if self.privacy is None or not loaded:
             return

@@ -99,8 +99,8 @@ class SecureFLTrust(SecureAggregator):
         )
 
         scalars = self._decrypt_scores(server_round, scores)
-        # The server now knows each node's <x_i, r> and |x_i|, functions of its
-        # noisy update, so the round counts for privacy whatever follows.
+        # The decrypted <x_i, r> and |x_i| are functions of each node's noisy
+        # update, so the accountant composes this round even if it is rejected.
         self._released.add(server_round)
         outcome = fltrust.trust_weights(scalars, float(np.linalg.norm(reference)))
         self._record_trust(server_round, loaded, outcome)
