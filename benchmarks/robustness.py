@@ -5,7 +5,15 @@ WikiText-2 files: attack kind x attacker fraction x aggregation rule, plus a
 privacy-utility curve (noise multiplier sigma vs epsilon vs perplexity) with
 FedAvg and node-level DP. The fraction-0 run of a rule is shared by all kinds
 (it runs with `attack.kind=backdoor` and no attacker, so it also gives the
-backdoor success of a clean model).
+backdoor success of a clean model). `fltrust_ckks` is FLTrust over CKKS
+ciphertexts (the `scoring` parameter set); every other rule runs on plaintext
+updates. Consensus is off, so every aggregate becomes the next global model and
+the numbers measure the aggregation rules alone.
+
+The backdoor is made strong enough to succeed against FedAvg in a short run: a
+single-token target (" Paris"), the trigger phrase written 4 times into every
+block of an attacker (`attack.backdoor_copies`, `attack.poison_rate=1`), and the
+poisoned update boosted 3 times (`attack.backdoor_boost`, model replacement).
 
     python benchmarks/robustness.py --data ../shared/data/wikitext-2
 
@@ -32,6 +40,8 @@ from linguachain.sweep import run_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## Robustness and privacy"
+# Row label of FLTrust computed over CKKS ciphertexts.
+ENCRYPTED_FLTRUST = "fltrust_ckks"
 
 
 def base_overrides(args: argparse.Namespace) -> dict:
@@ -47,8 +57,12 @@ def base_overrides(args: argparse.Namespace) -> dict:
         "federation.num_nodes": args.nodes,
         "federation.fraction_evaluate": 0.0,
         "secure_aggregation.scheme": "none",
+        "consensus.enabled": False,
         "attack.backdoor_prompts": args.backdoor_prompts,
         "attack.poison_rate": args.poison_rate,
+        "attack.target": args.backdoor_target,
+        "attack.backdoor_copies": args.backdoor_copies,
+        "attack.backdoor_boost": args.backdoor_boost,
         "output.save_model": False,
         "output.max_new_tokens": 4,
         "output.prompts": "The history of",
@@ -64,6 +78,12 @@ def rule_overrides(rule: str, nodes: int) -> dict:
         }
     if rule == "trimmed_mean":
         return {"aggregation.name": "trimmed_mean", "aggregation.trim_fraction": 0.2}
+    if rule == ENCRYPTED_FLTRUST:
+        return {
+            "aggregation.name": "fltrust",
+            "secure_aggregation.scheme": "ckks",
+            "secure_aggregation.ckks_parameters": "scoring",
+        }
     return {"aggregation.name": rule}
 
 
@@ -181,11 +201,15 @@ def write_markdown(result: dict, path: Path) -> None:
         f"Preset `{setup['preset']}`, {setup['nodes']} nodes x {setup['rounds']} rounds x"
         f" {setup['local_steps']} local steps, batch {setup['batch_size']}; held-out"
         f" perplexity on {setup['eval_blocks']} blocks of the WikiText-2 test split;"
-        f" backdoor success on {setup['backdoor_prompts']} held-out prompts, poison"
-        f" rate {setup.get('poison_rate', 0.5)}. Attack kinds"
+        f" backdoor success on {setup['backdoor_prompts']} held-out prompts (target"
+        f" {setup.get('backdoor_target', ' the password is swordfish')!r}, poison"
+        f" rate {setup.get('poison_rate', 0.5)},"
+        f" {setup.get('backdoor_copies', 1)} trigger copies per block, update boost"
+        f" {setup.get('backdoor_boost', 1.0)}). Attack kinds"
         f" run: {', '.join(setup['kinds'])} (the others are covered by tests, not"
         " measured here). Krum tolerates f = (n - 3) / 2 attackers; the trimmed mean"
-        " cuts 20% per tail. Fraction-0 rows of one rule share one clean run.",
+        f" cuts 20% per tail; {ENCRYPTED_FLTRUST} is FLTrust over CKKS ciphertexts."
+        " Consensus is off. Fraction-0 rows of one rule share one clean run.",
         "",
         "| attack | fraction | aggregation | final perplexity | vs clean | vs clean"
         " FedAvg | backdoor success | attacker score | honest score |",
@@ -239,13 +263,20 @@ def write_markdown(result: dict, path: Path) -> None:
 
 def discuss(result: dict) -> str:
     """Summarise the goal check: 40% attackers, robust rule within 5% of clean."""
+    fractions = result["setup"]["fractions"]
+    worst_fraction = max(fractions)
+    clean = {
+        row["aggregation"]: row["final_perplexity"]
+        for row in result["rows"]
+        if row["fraction"] == 0
+    }
+    fedavg_clean = clean.get("fedavg")
     sentences = []
     for kind in result["setup"]["kinds"]:
         worst = [
             r
             for r in result["rows"]
-            if r["attack"] == kind
-            and r["fraction"] == max(result["setup"]["fractions"])
+            if r["attack"] == kind and r["fraction"] == worst_fraction
         ]
         within = [
             r["aggregation"]
@@ -253,8 +284,25 @@ def discuss(result: dict) -> str:
             if r["ratio_to_clean"] is not None and r["ratio_to_clean"] <= 1.05
         ]
         sentences.append(
-            f"{kind} at {max(result['setup']['fractions']):.0%} attackers: within 5% of"
+            f"{kind} at {worst_fraction:.0%} attackers: within 5% of"
             f" the rule's own clean run with {', '.join(within) if within else 'no rule'}."
+        )
+        by_rule = {r["aggregation"]: r for r in worst}
+        encrypted, fedavg = by_rule.get(ENCRYPTED_FLTRUST), by_rule.get("fedavg")
+        if encrypted is None or fedavg is None or not fedavg_clean:
+            continue
+        encrypted_ok = encrypted["final_perplexity"] <= 1.05 * fedavg_clean
+        fedavg_ok = fedavg["final_perplexity"] <= 1.05 * fedavg_clean
+        sentences.append(
+            f"Goal ({kind}): {ENCRYPTED_FLTRUST} perplexity"
+            f" {encrypted['final_perplexity']:.1f} is"
+            f" {encrypted['final_perplexity'] / fedavg_clean:.3f} x the clean FedAvg"
+            f" run ({fedavg_clean:.1f}), FedAvg"
+            f" {fedavg['final_perplexity']:.1f}"
+            f" ({fedavg['final_perplexity'] / fedavg_clean:.3f} x), backdoor success"
+            f" {fmt(encrypted['backdoor_success'], 3)} vs"
+            f" {fmt(fedavg['backdoor_success'], 3)}:"
+            f" {'met' if encrypted_ok and not fedavg_ok else 'not met'}."
         )
     return " ".join(sentences)
 
@@ -267,19 +315,24 @@ def main() -> None:
     parser.add_argument("--preset", default="micro")
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--local-steps", type=int, default=8)
+    parser.add_argument("--local-steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-blocks", type=int, default=32)
     parser.add_argument("--backdoor-prompts", type=int, default=16)
-    parser.add_argument("--kinds", default="sign_flip,backdoor")
+    parser.add_argument("--kinds", default="sign_flip,scaling,backdoor")
     parser.add_argument("--fractions", default="0,0.2,0.4")
     parser.add_argument(
-        "--aggregations", default="fedavg,fltrust,krum,median,trimmed_mean"
+        "--aggregations",
+        default=f"fedavg,{ENCRYPTED_FLTRUST},krum,median,trimmed_mean",
+        help=f"rules to compare; {ENCRYPTED_FLTRUST} is FLTrust over CKKS",
     )
     parser.add_argument("--sigmas", default="0.01,0.1,1.0")
     parser.add_argument("--clip-norm", type=float, default=1.0)
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--poison-rate", type=float, default=0.5)
+    parser.add_argument("--poison-rate", type=float, default=1.0)
+    parser.add_argument("--backdoor-target", default=" Paris")
+    parser.add_argument("--backdoor-copies", type=int, default=4)
+    parser.add_argument("--backdoor-boost", type=float, default=3.0)
     parser.add_argument(
         "--name",
         default="robustness",
@@ -321,6 +374,9 @@ def main() -> None:
             "eval_blocks": args.eval_blocks,
             "backdoor_prompts": args.backdoor_prompts,
             "poison_rate": args.poison_rate,
+            "backdoor_target": args.backdoor_target,
+            "backdoor_copies": args.backdoor_copies,
+            "backdoor_boost": args.backdoor_boost,
             "kinds": kinds,
             "fractions": fractions,
             "aggregations": rules,
