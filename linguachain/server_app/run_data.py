@@ -109,7 +109,8 @@ class RunData:
         recorded = self.series(EPSILON_KEYS)
         if recorded:
             return {r: _as_node_map(v) for r, v in recorded.items()}
-        return _node_values_from_blocks(self.blocks, ("epsilon",)) or None
+        keys = ("epsilon", "privacy_spent")
+        return _node_values_from_blocks(self.blocks, keys) or None
 
     def balances(self) -> dict[int, dict[str, float]] | None:
         """Return LinguaCoin balances per round, or None if the run records none."""
