@@ -101,6 +101,10 @@ class RunData:
         recorded = self.series(ROBUSTNESS_KEYS)
         if recorded:
             return {r: _as_node_map(v) for r, v in recorded.items()}
+        if self.metrics:
+            # Metrics rows carry every score a rule gave. The 1.0 that a ledger
+            # commitment holds for an unscored node is a reward default, not a score.
+            return None
         keys = ("robustness_score", "robustness", "score")
         return _node_values_from_blocks(self.blocks, keys) or None
 
