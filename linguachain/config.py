@@ -233,6 +233,9 @@ class ConsensusConfig:
     enabled: bool = True
     # chiavdf squarings per block; 150000 takes about 1 s on a 2-core CPU.
     vdf_iterations: int = 150_000
+    # Blocks per VDF proof: heights 1, 1 + interval, ... carry one, and its output
+    # seeds the proposer draw until the next. 1 proves every block.
+    vdf_interval: int = 64
     pow_difficulty_bits: int = 12
     # Validators reject a model whose loss on their local held-back text exceeds
     # the parent model's by more than this many nats (negative: demand a gain).
@@ -627,6 +630,12 @@ def check_consensus_ranges(config: ConsensusConfig) -> None:
         "consensus.vdf_iterations",
         config.vdf_iterations,
         "use an iteration count >= 1",
+    )
+    _require(
+        1 <= config.vdf_interval <= 2**32,
+        "consensus.vdf_interval",
+        config.vdf_interval,
+        "use 1 (a VDF in every block) up to 2**32 blocks",
     )
     _require(
         1 <= config.pow_difficulty_bits <= 32,

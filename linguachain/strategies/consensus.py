@@ -91,6 +91,7 @@ def consensus_params(config: RunConfig) -> ConsensusParams:
     settings = config.consensus
     return ConsensusParams(
         vdf_iterations=settings.vdf_iterations,
+        vdf_interval=settings.vdf_interval,
         pow_difficulty_bits=settings.pow_difficulty_bits,
         contributor_reward=settings.contributor_reward,
         proposer_reward=settings.proposer_reward,
