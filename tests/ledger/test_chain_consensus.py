@@ -451,3 +451,58 @@ def test_verify_rejects_transfer_signed_by_other_key(keys, tmp_path):
     assert report.rule == "transaction"
     assert ledger.verify(check_signatures=False).valid
     ledger.close()
+
+
+def _append_signed_transfer(path, keys, amount: int) -> None:
+    """Append one transfer block to a fresh chain, storing each validator's signature."""
+    ledger = start_chain(str(path), keys)
+    context = ledger.context()
+    payload, _ = transaction_payload(
+        context, [("transfer", transfer(keys[0], keys[1].account, amount, 1))]
+    )
+    block = prove_block(propose_template(context, "transaction", payload), context)
+    signatures = {key.account: sign_block(key, block) for key in keys}
+    ledger.append(seal_block(context, block, signatures), signatures=signatures)
+    ledger.close()
+
+
+def test_cli_slash_submits_double_sign_evidence(keys, tmp_path):
+    from typer.testing import CliRunner
+
+    from linguachain.cli import app
+
+    # Two ledgers whose blocks at height 1 differ, both signed by every validator.
+    _append_signed_transfer(tmp_path / "a.db", keys, 5)
+    _append_signed_transfer(tmp_path / "b.db", keys, 6)
+    runner = CliRunner()
+    offender = keys[0].account
+    for name in ("a", "b"):
+        result = runner.invoke(app, [
+            "ledger", "attestation", "--db", str(tmp_path / f"{name}.db"),
+            "--height", "1", "--validator", offender,
+        ])
+        assert result.exit_code == 0, result.output
+        (tmp_path / f"{name}.json").write_text(result.output)
+
+    same = runner.invoke(app, [
+        "ledger", "slash", "--first", str(tmp_path / "a.json"),
+        "--second", str(tmp_path / "a.json"), "--db", str(tmp_path / "a.db"),
+    ])
+    assert same.exit_code == 1
+    assert "invalid evidence" in same.output
+
+    result = runner.invoke(app, [
+        "ledger", "slash", "--first", str(tmp_path / "a.json"),
+        "--second", str(tmp_path / "b.json"), "--db", str(tmp_path / "a.db"),
+    ])
+    assert result.exit_code == 0, result.output
+    ledger = Ledger.open(tmp_path / "a.db")
+    entries = [(entry.kind, entry.encoded) for entry in ledger.mempool()]
+    assert [kind for kind, _ in entries] == ["evidence"]
+    payload, rejected = transaction_payload(ledger.context(), entries)
+    assert rejected == []
+    ledger.append(seal_locally(ledger, "transaction", payload, keys))
+    stake = ledger.context().accounts.stakes[offender]
+    assert stake == STAKE - get_slash_amount(STAKE, PARAMS.slash_basis_points)
+    assert ledger.verify().valid
+    ledger.close()
