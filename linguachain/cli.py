@@ -305,7 +305,7 @@ def ledger_slash(
     if stake <= 0:
         ledger.close()
         typer.echo(
-            f"Error: validator {offender[:16]} holds no stake in {db}, so there is"
+            f"Error: validator {offender[:16]} has no stake in {db}, so there is"
             " nothing to slash",
             err=True,
         )

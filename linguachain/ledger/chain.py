@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -433,10 +434,8 @@ class Ledger:
 
         def check_chunk() -> None:
             chunk = deferred.take()
-            if pool is not None:
-                pending.append(pool.submit(first_invalid_check, chunk))
-            else:
-                pending.append(chunk.first_invalid())
+            future = pool.submit(first_invalid_check, chunk) if pool is not None else None
+            pending.append((chunk, future))
 
         count = 0
         head_hash = GENESIS_PARENT_HASH
@@ -467,7 +466,7 @@ class Ledger:
         except DatabaseError as database_error:
             error = InvalidBlockError(count, "readable-database", str(database_error.orig))
         finally:
-            failures = [_result(item) for item in pending]
+            failures = [_chunk_result(chunk, future) for chunk, future in pending]
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         failures = [f for f in failures if f is not None]
@@ -505,8 +504,17 @@ def _verify_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
-def _result(item: Any) -> tuple[int, str, str] | None:
-    return item.result() if isinstance(item, Future) else item
+def _chunk_result(
+    chunk: DeferredChecks, future: Future | None
+) -> tuple[int, str, str] | None:
+    if future is not None:
+        try:
+            return future.result()
+        except BrokenProcessPool as error:
+            # For example a script without `if __name__ == "__main__":`, which
+            # spawned workers cannot import.
+            logger.warning("Verify worker failed (%s); checking in this process", error)
+    return chunk.first_invalid()
 
 
 _BLOCK_COLUMNS = (
@@ -593,9 +601,11 @@ def _derived_rows(session: Session) -> dict[str, dict[int, list[Any]]]:
         "attestations": defaultdict(list),
         "versions": defaultdict(list),
     }
-    for tx in session.scalars(select(TransactionRow).order_by(TransactionRow.position)):
+    # Plain rows rather than ORM objects: a long chain has many of them.
+    table = TransactionRow.__table__
+    for tx in session.execute(select(table).order_by(table.c.position)):
         rows["transactions"][tx.block_height].append(tx)
-    for row in session.scalars(select(AttestationRow)):
+    for row in session.execute(select(AttestationRow.__table__)):
         rows["attestations"][row.block_height].append(row)
     for version in session.scalars(select(ModelVersion)):
         rows["versions"][version.block_height].append(version)
