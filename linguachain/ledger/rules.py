@@ -460,6 +460,14 @@ def check_attestation(
     deferred: DeferredChecks | None = None,
 ) -> list[str]:
     """Check signers hold two thirds of the stake and their aggregate verifies."""
+    signers = check_signer_quorum(context, block)
+    if check_signatures:
+        check_attestation_signature(block, signers, deferred)
+    return signers
+
+
+def check_signer_quorum(context: ChainContext, block: Block) -> list[str]:
+    """Check the signer list is sorted, distinct, staked and holds the quorum."""
     height = block.height
     try:
         signers = block_signers(block)
@@ -483,21 +491,25 @@ def check_attestation(
             "attestation",
             f"signers hold {signed} of {total} staked base units, below two thirds",
         )
-    if check_signatures:
-        message = attestation_message(height, bytes.fromhex(block.hash))
-        public_keys = [bytes.fromhex(s) for s in signers]
-        aggregate = bytes(block.attestation or b"")
-        if len(aggregate) == BLS_SIGNATURE_BYTES and deferred is not None:
-            deferred.add_signature(
-                height, "attestation", public_keys, message, aggregate
-            )
-        elif len(aggregate) != BLS_SIGNATURE_BYTES or not bls.fast_aggregate_verify(
-            public_keys, message, aggregate
-        ):
-            raise InvalidBlockError(
-                height, "attestation", "the aggregate BLS signature does not verify"
-            )
     return signers
+
+
+def check_attestation_signature(
+    block: Block, signers: list[str], deferred: DeferredChecks | None = None
+) -> None:
+    """Check the signers' aggregate BLS signature on the block, or defer it."""
+    height = block.height
+    message = attestation_message(height, bytes.fromhex(block.hash))
+    public_keys = [bytes.fromhex(s) for s in signers]
+    aggregate = bytes(block.attestation or b"")
+    if len(aggregate) == BLS_SIGNATURE_BYTES and deferred is not None:
+        deferred.add_signature(height, "attestation", public_keys, message, aggregate)
+    elif len(aggregate) != BLS_SIGNATURE_BYTES or not bls.fast_aggregate_verify(
+        public_keys, message, aggregate
+    ):
+        raise InvalidBlockError(
+            height, "attestation", SIGNATURE_FAILURES["attestation"]
+        )
 
 
 def process_genesis(
