@@ -284,13 +284,15 @@ def discuss(result: dict) -> str:
             if r["ratio_to_clean"] is not None and r["ratio_to_clean"] <= 1.05
         ]
         sentences.append(
-            f"{kind} at {worst_fraction:.0%} attackers: within 5% of"
-            f" the rule's own clean run with {', '.join(within) if within else 'no rule'}."
+            f"{kind} at {worst_fraction:.0%} attackers: at most 5% above the rule's"
+            f" own clean run with {', '.join(within) if within else 'no rule'}."
         )
         by_rule = {r["aggregation"]: r for r in worst}
         encrypted, fedavg = by_rule.get(ENCRYPTED_FLTRUST), by_rule.get("fedavg")
         if encrypted is None or fedavg is None or not fedavg_clean:
             continue
+        # The goal: encrypted FLTrust at most 5% above the clean FedAvg run,
+        # while FedAvg under the same attack is more than 5% above it.
         encrypted_ok = encrypted["final_perplexity"] <= 1.05 * fedavg_clean
         fedavg_ok = fedavg["final_perplexity"] <= 1.05 * fedavg_clean
         sentences.append(
@@ -350,6 +352,8 @@ def main() -> None:
         path = out / "benchmarks" / f"{args.name}.json"
         result = json.loads(path.read_text())
         result.setdefault("name", args.name)
+        result["discussion"] = discuss(result)
+        path.write_text(json.dumps(result, indent=2) + "\n")
         plot(result, out / "benchmarks")
         write_markdown(result, out / "BENCHMARKS.md")
         return
