@@ -302,6 +302,8 @@ class ConsensusDriver:
         commitments = []
         for reply in replies:
             node_id = reply.metadata.src_node_id
+            # NOTE: an encrypted reply that failed validation gets no commitment,
+            # so it neither earns nor extends the node's zero-score streak.
             if reply.has_error() or (encrypted is not None and node_id not in encrypted):
                 continue
             account = self.node_accounts.get(node_id)
