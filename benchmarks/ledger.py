@@ -242,7 +242,7 @@ def write_section(results: dict, command: str) -> None:
         f"| {results['transfers_per_second']:.0f} | >= 2000 |",
         f"| BLS Verify per transfer signature ({bls.get_backend()}) "
         f"| {1000 * results['bls_verify_seconds_per_signature']:.2f} ms | |",
-        f"| verify, 10,000 blocks, one worker process per CPU but one "
+        f"| verify, 10,000 blocks, one worker process per CPU "
         f"| {results['verify_seconds_10k_blocks']:.1f} s | <= 10 s |",
         f"| verify, 10,000 blocks, all in one process "
         f"| {results['verify_seconds_10k_blocks_serial']:.1f} s | |",
