@@ -466,7 +466,7 @@ class Ledger:
         except DatabaseError as database_error:
             error = InvalidBlockError(count, "readable-database", str(database_error.orig))
         finally:
-            failures = [_chunk_result(chunk, future) for chunk, future in pending]
+            failures = _chunk_results(pending)
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         failures = [f for f in failures if f is not None]
@@ -506,17 +506,25 @@ def _verify_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
-def _chunk_result(
-    chunk: DeferredChecks, future: Future | None
-) -> tuple[int, str, str] | None:
-    if future is not None:
-        try:
-            return future.result()
-        except BrokenProcessPool as error:
-            # For example a script without `if __name__ == "__main__":`, which
-            # spawned workers cannot import.
-            logger.warning("Verify worker failed (%s); checking in this process", error)
-    return chunk.first_invalid()
+def _chunk_results(
+    pending: list[tuple[DeferredChecks, Future | None]],
+) -> list[tuple[int, str, str] | None]:
+    results = []
+    broken = False
+    for chunk, future in pending:
+        if future is not None and not broken:
+            try:
+                results.append(future.result())
+                continue
+            except BrokenProcessPool as error:
+                # For example a script without `if __name__ == "__main__":`,
+                # which spawned workers cannot import.
+                broken = True
+                logger.warning(
+                    "Verify workers failed (%s); checking in this process", error
+                )
+        results.append(chunk.first_invalid())
+    return results
 
 
 _BLOCK_COLUMNS = (
