@@ -32,6 +32,7 @@ from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools
 from linguachain.task.evaluate import evaluate
 from linguachain.task.train import train_local
+from report import replace_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## Centralized vs federated"
@@ -128,12 +129,7 @@ def write_markdown(result: dict, path: Path) -> None:
         result["discussion"],
         "",
     ]
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION_TITLE)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION_TITLE))
-        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
-    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
+    replace_section(SECTION_TITLE, lines, path)
 
 
 def main() -> None:

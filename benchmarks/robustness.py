@@ -29,6 +29,7 @@ import torch
 
 from linguachain.client_app.attacks import malicious_partitions
 from linguachain.sweep import run_job
+from report import replace_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## Robustness and privacy"
@@ -229,12 +230,7 @@ def write_markdown(result: dict, path: Path) -> None:
         lines += ["", f"![privacy-utility curve]({image})"]
     lines += [""]
     lines += [result["discussion"], ""]
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(title + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(title))
-        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
-    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
+    replace_section(title, lines, path)
 
 
 def discuss(result: dict) -> str:
