@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from linguachain.config import load_config
+from linguachain.config import load_config, nest_dotted_keys
 from linguachain.server_app.run import prepare_task
 from linguachain.server_app.results import RunFolder
 from linguachain.sweep import run_job
@@ -57,14 +57,6 @@ def base_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
-
-
 def run_centralized(overrides: dict, steps: int, workdir: Path) -> dict:
     """Train one model on the whole training pool for `steps` steps."""
     config = load_config({**overrides, "train.local_steps": steps})
@@ -90,7 +82,7 @@ def run_centralized(overrides: dict, steps: int, workdir: Path) -> dict:
 
 
 def run_federated(overrides: dict, workdir: Path, name: str) -> dict:
-    summary = run_job(nested(overrides), workdir / name)
+    summary = run_job(nest_dotted_keys(overrides), workdir / name)
     return {
         "initial_perplexity": summary["initial_test_perplexity"],
         "final_perplexity": summary["final_test_perplexity"],

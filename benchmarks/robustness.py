@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from linguachain.client_app.attacks import malicious_partitions
+from linguachain.config import nest_dotted_keys
 from linguachain.sweep import run_job
 from report import replace_section
 
@@ -68,19 +69,11 @@ def rule_overrides(rule: str, nodes: int) -> dict:
     return {"aggregation.name": rule}
 
 
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
-
-
 def run(overrides: dict, workdir: Path, name: str) -> dict:
     """Run one simulation; return its final metrics row and summary."""
     started = time.perf_counter()
     folder = workdir / name
-    summary = run_job(nested(overrides), folder)
+    summary = run_job(nest_dotted_keys(overrides), folder)
     rows = [
         json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
     ]

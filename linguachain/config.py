@@ -729,6 +729,23 @@ def _check_secure_aggregation(secure: SecureAggregationConfig) -> None:
     )
 
 
+def nest_dotted_keys(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group dotted keys by config group: {"train.lr": 0.1} -> {"train": {"lr": 0.1}}.
+
+    The result is what `from_nested` and `linguachain.sweep.run_job` take.
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if "." not in key:
+            raise ConfigError(
+                f"Invalid config key '{key}': expected 'group.name', for example"
+                " 'train.lr'."
+            )
+        group, name = key.split(".", 1)
+        nested.setdefault(group, {})[name] = value
+    return nested
+
+
 def from_nested(nested: Mapping[str, Any]) -> RunConfig:
     """Validate a nested mapping (as Hydra composes it) through the same schema."""
     flat: dict[str, Any] = {}
