@@ -406,7 +406,7 @@ def check_tokenizer(config: RunConfig) -> None:
 
 
 def check_train(train: TrainConfig) -> None:
-    """Reject local training values that no run can use."""
+    """Reject training values that no run can use."""
     _require(train.rounds >= 1, "train.rounds", train.rounds, "use >= 1")
     _require(train.local_steps >= 1, "train.local_steps", train.local_steps, "use >= 1")
     _require(train.batch_size >= 1, "train.batch_size", train.batch_size, "use >= 1")
@@ -416,7 +416,7 @@ def check_train(train: TrainConfig) -> None:
 
 
 def check_federation(fed: FederationConfig) -> None:
-    """Reject node sampling values that no run can use."""
+    """Reject federation values that no run can use."""
     _require(fed.num_nodes >= 1, "federation.num_nodes", fed.num_nodes, "use >= 1")
     _require(fed.min_nodes >= 1, "federation.min_nodes", fed.min_nodes, "use >= 1")
     _require(
@@ -434,7 +434,10 @@ def check_federation(fed: FederationConfig) -> None:
 
 
 def check_secure_aggregation(config: RunConfig) -> None:
-    """Reject secure aggregation values, and counts above the number of nodes."""
+    """Reject secure aggregation values that no run can use.
+
+    The CKKS decryptors and the replies a round needs cannot exceed the nodes.
+    """
     fed = config.federation
     _check_secure_aggregation(config.secure_aggregation)
     if config.secure_aggregation.scheme != "none":
