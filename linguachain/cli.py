@@ -229,6 +229,95 @@ def ledger_balances(
     ledger.close()
 
 
+@ledger_app.command("attestation")
+def ledger_attestation(
+    db: str = typer.Option(..., help="Ledger SQLite file or database URL."),
+    height: int = typer.Option(..., min=1, help="Block height."),
+    validator: str = typer.Option(..., help="Validator account id (96 hex characters)."),
+) -> None:
+    """Print a validator's stored signature on the block at a height, as JSON.
+
+    Two of these for one validator and height, taken from ledgers that hold
+    different blocks there, are the evidence that `ledger slash` submits.
+    """
+    from sqlalchemy import select
+
+    from linguachain.ledger.models import AttestationRow, Block
+
+    ledger = _open_ledger(db)
+    with ledger.sessions() as session:
+        block = session.scalars(select(Block).where(Block.height == height)).first()
+        row = session.scalars(
+            select(AttestationRow).where(
+                AttestationRow.block_height == height,
+                AttestationRow.validator == validator,
+            )
+        ).first()
+    ledger.close()
+    if block is None or row is None:
+        typer.echo(
+            f"Error: no signature of validator {validator[:16]} on a block at height"
+            f" {height} in {db}: check the height and the account id with"
+            " `linguachain ledger show`",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(
+        json.dumps(
+            {
+                "validator": validator,
+                "height": height,
+                "block_hash": block.hash,
+                "signature": bytes(row.signature).hex(),
+            },
+            indent=2,
+        )
+    )
+
+
+@ledger_app.command("slash")
+def ledger_slash(
+    first: Path = typer.Option(..., help="JSON attestation from `ledger attestation`."),
+    second: Path = typer.Option(..., help="A conflicting attestation at that height."),
+    db: str = typer.Option(..., help="The server's ledger SQLite file or database URL."),
+) -> None:
+    """Check double-sign evidence and queue it; the next transaction block slashes."""
+    from linguachain.ledger.chain import evidence_to_json
+    from linguachain.ledger.consensus import evidence_from_json
+    from linguachain.ledger.constants import TransactionError
+    from linguachain.ledger.transactions import check_double_sign_evidence
+
+    try:
+        attestations = {
+            "first": json.loads(first.read_text()),
+            "second": json.loads(second.read_text()),
+        }
+        evidence = evidence_from_json(json.dumps(attestations))
+        check_double_sign_evidence(evidence)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        # TransactionError is a ValueError: invalid or non-conflicting evidence.
+        kind = "invalid" if isinstance(error, TransactionError) else "unreadable"
+        typer.echo(f"Error: {kind} evidence: {error}", err=True)
+        raise typer.Exit(1) from error
+    ledger = _open_ledger(db)
+    offender = evidence.first.validator
+    stake = ledger.context().accounts.stakes.get(offender, 0)
+    if stake <= 0:
+        ledger.close()
+        typer.echo(
+            f"Error: validator {offender[:16]} has no stake in {db}, so there is"
+            " nothing to slash",
+            err=True,
+        )
+        raise typer.Exit(1)
+    entry_hash = ledger.submit("evidence", evidence_to_json(evidence))
+    ledger.close()
+    typer.echo(
+        f"queued double-sign evidence {entry_hash} against {offender[:16]} (stake"
+        f" {stake}); the next round's transaction block slashes it"
+    )
+
+
 @app.command()
 def transfer(
     kit: Path = typer.Option(..., help="Node kit folder or BLS key file of the sender."),

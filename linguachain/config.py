@@ -233,10 +233,16 @@ class ConsensusConfig:
     enabled: bool = True
     # chiavdf squarings per block; 150000 takes about 1 s on a 2-core CPU.
     vdf_iterations: int = 150_000
+    # Blocks per VDF proof: heights 1, 1 + interval, ... carry one, and its output
+    # seeds the proposer draw until the next. 1 proves every block.
+    vdf_interval: int = 64
     pow_difficulty_bits: int = 12
     # Validators reject a model whose loss on their local held-back text exceeds
     # the parent model's by more than this many nats (negative: demand a gain).
     loss_tolerance: float = 0.05
+    # Held-back blocks each validator evaluates the proposed and the parent model
+    # on (the first ones of its partition); 0 uses all of them.
+    validation_blocks: int = 32
     # Share of stake whose signatures make a block final, as "n/d" >= 2/3.
     quorum: str = "2/3"
     # LinguaCoin amounts in base units (10**8 per coin).
@@ -660,6 +666,18 @@ def check_consensus_ranges(config: ConsensusConfig) -> None:
         "consensus.vdf_iterations",
         config.vdf_iterations,
         "use an iteration count >= 1",
+    )
+    _require(
+        config.validation_blocks >= 0,
+        "consensus.validation_blocks",
+        config.validation_blocks,
+        "use a number of blocks >= 1, or 0 for all held-back blocks",
+    )
+    _require(
+        1 <= config.vdf_interval <= 2**32,
+        "consensus.vdf_interval",
+        config.vdf_interval,
+        "use 1 (a VDF in every block) up to 2**32 blocks",
     )
     _require(
         1 <= config.pow_difficulty_bits <= 32,

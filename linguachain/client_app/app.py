@@ -230,6 +230,8 @@ def _local_loss(msg: Message, context: Context, arrays: ArrayRecord) -> float:
     set_weights(model, arrays_to_weights(arrays))
     # Nodes with no held-back blocks judge the model on their last training blocks.
     blocks = data.eval_blocks if len(data.eval_blocks) else data.train_blocks[-8:]
+    if config.consensus.validation_blocks > 0:
+        blocks = blocks[: config.consensus.validation_blocks]
     return evaluate(model, blocks, tokenizer, config.train.batch_size).loss
 
 

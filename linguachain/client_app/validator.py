@@ -143,6 +143,16 @@ def _vote(
         logger.warning("Rejected block %d: %s", block.height, error)
         return {"accept": False, "reason": str(error)}
     ledger.record_approval(block.height, block.hash)
+    if record.get("sign") == "yes":
+        # The server asks for the signature with the vote when validators have
+        # no judgement call to make (every block but version blocks).
+        key_path, _ = _paths(msg, context)
+        try:
+            signature = _sign(ledger, read_validator_key(key_path), record)
+        except ValueError as error:
+            logger.warning("Did not sign block %d: %s", block.height, error)
+            return {"accept": False, "reason": str(error)}
+        return {"accept": True, "reason": "", **signature}
     return {"accept": True, "reason": ""}
 
 

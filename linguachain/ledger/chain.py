@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from linguachain.ledger import bls
 from linguachain.ledger.hashing import canonical_json
 from linguachain.ledger.models import (
     Account,
@@ -44,13 +49,18 @@ from linguachain.ledger.rules import (
     ChainContext,
     ConsensusParams,
     InvalidBlockError,
+    DeferredChecks,
     block_header,
     compute_block_hash,
+    failure_order,
+    genesis_seed,
     process_block,
 )
+from linguachain.ledger.vdf import vdf_output_seed
 from linguachain.ledger.transactions import (
     AccountState,
     DoubleSignEvidence,
+    Transaction,
     TransactionKind,
     deserialize_transaction,
 )
@@ -70,6 +80,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# `verify` hands deferred VDF and BLS checks to worker processes in chunks of this
+# many, and starts workers only for chains this long (starting one costs ~1 s).
+VERIFY_CHUNK_CHECKS = 512
+PARALLEL_VERIFY_MIN_BLOCKS = 1000
 
 
 class ChainConflictError(RuntimeError):
@@ -128,7 +142,7 @@ def _context_from_rows(
         nonces["protocol"] = summary["protocol_nonce"]
     return ChainContext(
         head=head,
-        params=ConsensusParams(**params) if params else None,
+        params=ConsensusParams(**{"vdf_interval": 1, **params}) if params else None,
         accounts=AccountState(
             balances={a.account: a.balance for a in accounts if a.balance},
             stakes={a.account: a.stake for a in accounts if a.stake or a.account in
@@ -141,7 +155,19 @@ def _context_from_rows(
         model_hash=summary.get("model_hash"),
         last_round=summary.get("last_round", 0),
         last_version=summary.get("last_version"),
+        proposer_seed=_stored_proposer_seed(head, summary),
     )
+
+
+def _stored_proposer_seed(head: Block | None, summary: dict[str, Any]) -> bytes | None:
+    if summary.get("proposer_seed"):
+        return bytes.fromhex(summary["proposer_seed"])
+    if head is None:
+        return None
+    # A state row written before VDF epochs existed: every block carried a VDF.
+    if head.vdf_output:
+        return vdf_output_seed(bytes(head.vdf_output))
+    return genesis_seed(head)
 
 
 class Ledger:
@@ -389,34 +415,106 @@ class Ledger:
 
     # --- Verification ---
 
-    def verify(self, check_signatures: bool = True) -> VerifyReport:
-        """Replay the chain and report the first block that breaks a rule."""
+    def verify(
+        self, check_signatures: bool = True, workers: int | None = None
+    ) -> VerifyReport:
+        """Replay the chain and report the first block that breaks a rule.
+
+        VDF proofs, attestations and transfer signatures are checked in chunks by
+        `workers` processes while this process replays the state transitions,
+        then the report names the lowest failing height. By default chains of
+        `PARALLEL_VERIFY_MIN_BLOCKS` or more use one worker per CPU but one;
+        `workers=0` checks everything in this process.
+        """
+        if workers is None:
+            workers = self._default_verify_workers()
+        pool = _verify_pool(workers) if workers > 0 else None
+        pending: list[Any] = []
+        deferred = DeferredChecks()
+
+        def check_chunk() -> None:
+            chunk = deferred.take()
+            future = pool.submit(first_invalid_check, chunk) if pool is not None else None
+            pending.append((chunk, future))
+
         count = 0
         head_hash = GENESIS_PARENT_HASH
+        error: InvalidBlockError | None = None
         try:
             with self.sessions() as session:
                 derived = _derived_rows(session)
                 context = ChainContext()
                 for block in session.scalars(select(Block).order_by(Block.height)):
-                    context = process_block(context, block, check_signatures)
-                    check_derived_rows(block, derived)
+                    context = process_block(context, block, check_signatures, deferred)
+                    check_derived_rows(block, derived, context.head_transactions)
                     head_hash = block.hash
                     count += 1
+                    if len(deferred) >= VERIFY_CHUNK_CHECKS:
+                        check_chunk()
                 if count == 0:
                     return VerifyReport(
                         False, 0, head_hash, 0, "genesis", "the chain is empty"
                     )
+                check_chunk()
                 check_orphans(derived)
                 check_state_rows(session, context)
-        except InvalidBlockError as error:
+        except InvalidBlockError as replay_error:
+            error = replay_error
+            # Checks deferred from blocks below the failing one still count.
+            deferred = deferred.before(replay_error.height)
+            check_chunk()
+        except DatabaseError as database_error:
+            error = InvalidBlockError(count, "readable-database", str(database_error.orig))
+        finally:
+            failures = [_chunk_result(chunk, future) for chunk, future in pending]
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        failures = [f for f in failures if f is not None]
+        if failures:
+            height, rule, detail = min(failures, key=failure_order)
+            if error is None or height < error.height:
+                error = InvalidBlockError(height, rule, detail)
+        if error is not None:
             return VerifyReport(
                 False, count, head_hash, error.height, error.rule, error.detail
             )
-        except DatabaseError as error:
-            return VerifyReport(
-                False, count, head_hash, count, "readable-database", str(error.orig)
-            )
         return VerifyReport(True, count, head_hash)
+
+    def _default_verify_workers(self) -> int:
+        with self.sessions() as session:
+            head = _head(session)
+        if head is None or head.height + 1 < PARALLEL_VERIFY_MIN_BLOCKS:
+            return 0
+        return max(0, (os.cpu_count() or 1) - 1)
+
+
+def first_invalid_check(chunk: DeferredChecks) -> tuple[int, str, str] | None:
+    """Run a chunk of deferred checks; a worker-process entry point."""
+    return chunk.first_invalid()
+
+
+def _verify_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, because a forked copy of a process running Flower, Ray or SQLAlchemy
+    # pools can deadlock on locks held by other threads at fork time.
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=bls.set_backend,
+        initargs=(bls.get_backend(),),
+    )
+
+
+def _chunk_result(
+    chunk: DeferredChecks, future: Future | None
+) -> tuple[int, str, str] | None:
+    if future is not None:
+        try:
+            return future.result()
+        except BrokenProcessPool as error:
+            # For example a script without `if __name__ == "__main__":`, which
+            # spawned workers cannot import.
+            logger.warning("Verify worker failed (%s); checking in this process", error)
+    return chunk.first_invalid()
 
 
 _BLOCK_COLUMNS = (
@@ -503,9 +601,11 @@ def _derived_rows(session: Session) -> dict[str, dict[int, list[Any]]]:
         "attestations": defaultdict(list),
         "versions": defaultdict(list),
     }
-    for tx in session.scalars(select(TransactionRow).order_by(TransactionRow.position)):
+    # Plain rows rather than ORM objects: a long chain has many of them.
+    table = TransactionRow.__table__
+    for tx in session.execute(select(table).order_by(table.c.position)):
         rows["transactions"][tx.block_height].append(tx)
-    for row in session.scalars(select(AttestationRow)):
+    for row in session.execute(select(AttestationRow.__table__)):
         rows["attestations"][row.block_height].append(row)
     for version in session.scalars(select(ModelVersion)):
         rows["versions"][version.block_height].append(version)
@@ -513,8 +613,13 @@ def _derived_rows(session: Session) -> dict[str, dict[int, list[Any]]]:
     return rows
 
 
-def check_derived_rows(block: Block, derived: dict[str, Any]) -> None:
-    """Check the transaction, attestation and model version rows of one block."""
+def check_derived_rows(
+    block: Block, derived: dict[str, Any], decoded: list[Transaction] | None = None
+) -> None:
+    """Check the transaction, attestation and model version rows of one block.
+
+    `decoded` are the block's transactions as the replay decoded them, if known.
+    """
     height = block.height
     derived["seen"][height] = block.kind
     payload = json.loads(block.payload)
@@ -524,8 +629,10 @@ def check_derived_rows(block: Block, derived: dict[str, Any]) -> None:
         for tx in derived["transactions"].get(height, [])
     ]
     expected_txs = []
-    for position, text in enumerate(payload.get("transactions", [])):
-        tx = deserialize_transaction(text.encode("ascii"))
+    texts = payload.get("transactions", [])
+    if decoded is None or len(decoded) != len(texts):
+        decoded = [deserialize_transaction(text.encode("ascii")) for text in texts]
+    for position, (text, tx) in enumerate(zip(texts, decoded)):
         expected_txs.append(
             (position, text, _sha256(text), str(tx.kind), tx.sender, tx.recipient,
              tx.amount, tx.nonce)
@@ -608,5 +715,9 @@ def check_state_rows(session: Session, context: ChainContext) -> None:
     row = session.get(ChainState, 1)
     summary = context.summary()
     summary["validators"] = sorted(state.stakes)
-    if row is None or json.loads(row.summary) != json.loads(canonical_json(summary)):
+    stored_summary = json.loads(row.summary) if row is not None else None
+    if stored_summary is not None and "proposer_seed" not in stored_summary:
+        # State rows written before VDF epochs existed do not store the seed.
+        del summary["proposer_seed"]
+    if stored_summary != json.loads(canonical_json(summary)):
         raise InvalidBlockError(height, "supply", "chain state differs from the replay")

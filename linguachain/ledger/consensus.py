@@ -28,6 +28,7 @@ from linguachain.ledger.rules import (
     encode_transactions,
     get_block_proposer,
     has_quorum,
+    is_vdf_height,
     pow_header_bytes,
     process_block,
     version_rewards,
@@ -189,16 +190,17 @@ def propose_template(context: ChainContext, kind: str, payload: dict[str, Any]) 
 
 
 def prove_block(block: Block, context: ChainContext) -> Block:
-    """Evaluate the VDF over the parent hash and solve the proof of work."""
+    """Evaluate the VDF over the parent hash where one is due, and solve the PoW."""
     assert context.params is not None
-    proof = vdf_prove(
-        vdf_challenge(block.parent_hash),
-        context.params.vdf_iterations,
-        context.params.vdf_discriminant_bits,
-    )
     proved = _copy(block)
-    proved.vdf_output = proof.output
-    proved.vdf_proof = proof.proof
+    if is_vdf_height(context.params, block.height):
+        proof = vdf_prove(
+            vdf_challenge(block.parent_hash),
+            context.params.vdf_iterations,
+            context.params.vdf_discriminant_bits,
+        )
+        proved.vdf_output = proof.output
+        proved.vdf_proof = proof.proof
     proved.pow_nonce = solve_pow(pow_header_bytes(proved), context.params.pow_difficulty_bits)
     proved.hash = compute_block_hash(proved)
     return proved

@@ -9,6 +9,7 @@
 | `MAX_VDF_ITERATIONS` | 2**64 - 1 | class-group squarings |
 | `VDF_FORM_BYTES` | 100 | bytes |
 | `VDF_INITIAL_FORM` | `0x08` then 99 zero bytes | serialized class-group form |
+| `VDF_INTERVAL` | 64 | blocks per VDF proof |
 | `POW_DIFFICULTY_BITS` | 12 | leading zero bits of SHA-256 |
 | `MIN_POW_DIFFICULTY_BITS` | 1 | leading zero bits |
 | `MAX_POW_DIFFICULTY_BITS` | 32 | leading zero bits |
@@ -42,6 +43,11 @@ MAX_VDF_ITERATIONS = 2**64 - 1
 VDF_FORM_BYTES = 100
 # The generator form (a=2, b=1) in chiavdf's compressed encoding, as Chia uses it.
 VDF_INITIAL_FORM = b"\x08" + bytes(VDF_FORM_BYTES - 1)
+# Blocks per VDF epoch: the first block of each epoch carries a VDF proof, and its
+# output seeds the proposer draw of every height up to the next VDF block. A
+# 1024-bit proof costs about 25 ms to check (20 ms of it deriving the
+# discriminant), so one per block would cost about 250 s per 10,000 blocks replayed.
+VDF_INTERVAL = 64
 
 # --- Proof of work (hashcash over SHA-256) ---
 

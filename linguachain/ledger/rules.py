@@ -6,8 +6,8 @@ A block passes `process_block` when, against the state after its parent:
 | --- | --- |
 | `height`, `parent-link`, `block-kind`, `block-hash` | contiguous heights, the parent's hash, a known kind, the hash recomputed from the header |
 | `payload-json` | the payload is canonical JSON |
-| `proposer` | the proposer is the stake-weighted draw seeded by the parent's VDF output |
-| `vdf` | a Wesolowski proof over `vdf_challenge(parent hash)` with the genesis iteration count |
+| `proposer` | the proposer is the stake-weighted draw seeded by the latest VDF output before the block |
+| `vdf` | at heights 1, 1 + `vdf_interval`, ...: a Wesolowski proof over `vdf_challenge(parent hash)` with the genesis iteration count; elsewhere no VDF fields |
 | `pow` | SHA-256(header without nonce, nonce) has the genesis difficulty in leading zero bits |
 | `attestation` | distinct staked signers, at least two thirds of the stake, FastAggregateVerify over `attestation_message(height, hash)` |
 | `genesis`, `version`, `data`, `transaction` | the payload rules of each kind (below), which also check rewards and transactions |
@@ -37,6 +37,7 @@ from linguachain.ledger.constants import (
     POW_DIFFICULTY_BITS,
     SLASH_BASIS_POINTS,
     VDF_DISCRIMINANT_BITS,
+    VDF_INTERVAL,
     VDF_ITERATIONS,
     ConsensusError,
 )
@@ -46,6 +47,7 @@ from linguachain.ledger.pow import check_pow
 from linguachain.ledger.proposer import get_proposer_index, quorum_reached
 from linguachain.ledger.transactions import (
     PROTOCOL_ACCOUNT,
+    SIGNED_KINDS,
     AccountState,
     Transaction,
     TransactionKind,
@@ -56,6 +58,7 @@ from linguachain.ledger.transactions import (
     process_transaction,
     serialize_transaction,
     supply_invariant_holds,
+    transaction_signing_message,
 )
 from linguachain.ledger.vdf import VdfProof, vdf_challenge, vdf_output_seed, vdf_verify
 
@@ -83,6 +86,7 @@ class ConsensusParams:
 
     vdf_iterations: int = VDF_ITERATIONS
     vdf_discriminant_bits: int = VDF_DISCRIMINANT_BITS
+    vdf_interval: int = VDF_INTERVAL  # blocks per VDF proof
     pow_difficulty_bits: int = POW_DIFFICULTY_BITS
     contributor_reward: int = 0  # base units split over a round's contributors
     proposer_reward: int = 0  # base units per final version block
@@ -106,6 +110,8 @@ class ChainContext:
     last_version: dict[str, Any] | None = None
     # Decoded transactions of the head block, so writers need not decode again.
     head_transactions: list[Transaction] = field(default_factory=list)
+    # Seed of the next proposer draw: from the latest VDF output, or the genesis hash.
+    proposer_seed: bytes | None = None
 
     def summary(self) -> dict[str, Any]:
         """Return the chain-wide fields stored in the chain_state row."""
@@ -118,7 +124,80 @@ class ChainContext:
             "last_version": self.last_version,
             "params": dataclasses.asdict(self.params) if self.params else None,
             "protocol_nonce": self.accounts.nonces.get(PROTOCOL_ACCOUNT, 0),
+            "proposer_seed": self.proposer_seed.hex() if self.proposer_seed else None,
         }
+
+
+@dataclass
+class DeferredChecks:
+    """VDF proofs and BLS signatures that `process_block` leaves for a later check.
+
+    `Ledger.verify` replays thousands of blocks. It checks these in worker
+    processes while the replay goes on, and the signatures as one BLS batch that
+    costs one pairing per signer set instead of two per block.
+    """
+
+    vdf: list[tuple[int, bytes, VdfProof]] = field(default_factory=list)
+    signatures: list[tuple[int, str, tuple[list[bytes], bytes, bytes]]] = field(
+        default_factory=list
+    )
+
+    def __len__(self) -> int:
+        return len(self.vdf) + len(self.signatures)
+
+    def add_signature(
+        self, height: int, rule: str, public_keys: list[bytes], message: bytes,
+        signature: bytes,
+    ) -> None:
+        """Defer the check that `public_keys` signed `message` for block `height`."""
+        self.signatures.append((height, rule, (public_keys, message, signature)))
+
+    def add_vdf(self, height: int, challenge: bytes, proof: VdfProof) -> None:
+        """Defer the check of block `height`'s Wesolowski proof."""
+        self.vdf.append((height, challenge, proof))
+
+    def take(self) -> DeferredChecks:
+        """Move every check into a new object and leave this one empty."""
+        taken = DeferredChecks(self.vdf, self.signatures)
+        self.vdf, self.signatures = [], []
+        return taken
+
+    def before(self, height: int) -> DeferredChecks:
+        """Return the checks of blocks below `height`."""
+        return DeferredChecks(
+            [entry for entry in self.vdf if entry[0] < height],
+            [entry for entry in self.signatures if entry[0] < height],
+        )
+
+    def first_invalid(self) -> tuple[int, str, str] | None:
+        """Return (height, rule, detail) of the lowest failing check, or None."""
+        failures = []
+        for height, challenge, proof in self.vdf:
+            if not vdf_verify(challenge, proof):
+                failures.append((height, "vdf", "the Wesolowski proof does not verify"))
+                break
+        triples = [triple for _, _, triple in self.signatures]
+        if not bls.batch_fast_aggregate_verify(triples):
+            # Slow path: check one by one to name the first invalid block.
+            for height, rule, (keys, message, signature) in self.signatures:
+                if not bls.fast_aggregate_verify(keys, message, signature):
+                    failures.append((height, rule, SIGNATURE_FAILURES[rule]))
+                    break
+        return min(failures, key=failure_order) if failures else None
+
+
+def failure_order(failure: tuple[int, str, str]) -> tuple[int, int]:
+    """Sort key of deferred failures: by height, then in `process_block` order."""
+    height, rule, _ = failure
+    return height, DEFERRED_RULES.index(rule)
+
+
+# Deferred rules in the order process_block would have checked them.
+DEFERRED_RULES = ("vdf", "attestation", "transaction")
+SIGNATURE_FAILURES = {
+    "attestation": "the aggregate BLS signature does not verify",
+    "transaction": "a transfer or stake has an invalid BLS signature",
+}
 
 
 # --- Header ---
@@ -171,18 +250,29 @@ def has_quorum(params: ConsensusParams | None, signed: int, total: int) -> bool:
 # --- Proposer draw ---
 
 
-def proposer_seed(parent: Block) -> bytes:
-    """Return the draw seed: the parent's VDF output, or the genesis hash."""
-    if parent.vdf_output:
-        return vdf_output_seed(parent.vdf_output)
-    return hashlib.sha256(GENESIS_SEED_DOMAIN + bytes.fromhex(parent.hash)).digest()
+def genesis_seed(genesis: Block) -> bytes:
+    """Return the draw seed before the first VDF output: a hash of the genesis hash."""
+    return hashlib.sha256(GENESIS_SEED_DOMAIN + bytes.fromhex(genesis.hash)).digest()
+
+
+def next_proposer_seed(context: ChainContext, block: Block) -> bytes:
+    """Return the draw seed after `block`: its VDF output if it carries one."""
+    if block.vdf_output:
+        return vdf_output_seed(bytes(block.vdf_output))
+    assert context.proposer_seed is not None
+    return context.proposer_seed
+
+
+def is_vdf_height(params: ConsensusParams, height: int) -> bool:
+    """Check whether the block at `height` opens a VDF epoch and carries a proof."""
+    return height >= 1 and (height - 1) % params.vdf_interval == 0
 
 
 def get_block_proposer(context: ChainContext) -> str:
     """Draw the proposer of the next block, weighted by bonded stake."""
-    assert context.head is not None
+    assert context.head is not None and context.proposer_seed is not None
     stakes = sorted((a, s) for a, s in context.accounts.stakes.items() if s > 0)
-    return get_proposer_index(stakes, proposer_seed(context.head), context.head.height + 1)
+    return get_proposer_index(stakes, context.proposer_seed, context.head.height + 1)
 
 
 # --- Rewards ---
@@ -240,13 +330,19 @@ def encode_transactions(transactions: list[Transaction]) -> list[str]:
 
 
 def process_block(
-    context: ChainContext, block: Block, check_signatures: bool = True
+    context: ChainContext,
+    block: Block,
+    check_signatures: bool = True,
+    deferred: DeferredChecks | None = None,
 ) -> ChainContext:
     """Check `block` against the chain after its parent and return the new context.
 
     Raise InvalidBlockError naming the first rule broken. With
     `check_signatures=False` the BLS checks (attestation aggregate, transaction
-    signatures, slash evidence, proofs of possession) are skipped.
+    signatures, slash evidence, proofs of possession) are skipped. With
+    `deferred`, the VDF proof and the attestation and transfer signatures are
+    added to it instead of checked, and the caller must check it before trusting
+    the result.
     """
     height = block.height
     check_header(context, block)
@@ -264,15 +360,22 @@ def process_block(
         return process_unattested(context, block, payload)
 
     check_proposer(context, block)
-    check_vdf(context, block)
+    check_vdf(context, block, deferred)
     check_block_pow(context, block)
-    signers = check_attestation(context, block, check_signatures)
-    new_context = dataclasses.replace(context, head=block, head_transactions=[])
+    signers = check_attestation(context, block, check_signatures, deferred)
+    new_context = dataclasses.replace(
+        context,
+        head=block,
+        head_transactions=[],
+        proposer_seed=next_proposer_seed(context, block),
+    )
     if block.kind == "version":
         return process_version(new_context, block, payload, signers)
     if block.kind == "data":
         return process_data(new_context, block, payload)
-    return process_transactions_block(new_context, block, payload, check_signatures)
+    return process_transactions_block(
+        new_context, block, payload, check_signatures, deferred
+    )
 
 
 def check_header(context: ChainContext, block: Block) -> None:
@@ -307,16 +410,30 @@ def check_proposer(context: ChainContext, block: Block) -> None:
         )
 
 
-def check_vdf(context: ChainContext, block: Block) -> None:
-    """Check the block's Wesolowski proof over the parent hash's challenge."""
+def check_vdf(
+    context: ChainContext, block: Block, deferred: DeferredChecks | None = None
+) -> None:
+    """Check the block's Wesolowski proof, or that a block between VDFs has none."""
     assert context.params is not None and context.head is not None
+    if not is_vdf_height(context.params, block.height):
+        if block.vdf_output or block.vdf_proof:
+            raise InvalidBlockError(
+                block.height,
+                "vdf",
+                f"a VDF proof is due only every {context.params.vdf_interval} blocks"
+                " (heights 1, 1 + interval, ...), but this block carries one",
+            )
+        return
     proof = VdfProof(
         output=bytes(block.vdf_output or b""),
         proof=bytes(block.vdf_proof or b""),
         iterations=context.params.vdf_iterations,
         discriminant_bits=context.params.vdf_discriminant_bits,
     )
-    if not vdf_verify(vdf_challenge(context.head.hash), proof):
+    challenge = vdf_challenge(context.head.hash)
+    if deferred is not None:
+        deferred.add_vdf(block.height, challenge, proof)
+    elif not vdf_verify(challenge, proof):
         raise InvalidBlockError(
             block.height, "vdf", "the Wesolowski proof does not verify"
         )
@@ -337,9 +454,20 @@ def check_block_pow(context: ChainContext, block: Block) -> None:
 
 
 def check_attestation(
-    context: ChainContext, block: Block, check_signatures: bool
+    context: ChainContext,
+    block: Block,
+    check_signatures: bool,
+    deferred: DeferredChecks | None = None,
 ) -> list[str]:
     """Check signers hold two thirds of the stake and their aggregate verifies."""
+    signers = check_signer_quorum(context, block)
+    if check_signatures:
+        check_attestation_signature(block, signers, deferred)
+    return signers
+
+
+def check_signer_quorum(context: ChainContext, block: Block) -> list[str]:
+    """Check the signer list is sorted, distinct, staked and holds the quorum."""
     height = block.height
     try:
         signers = block_signers(block)
@@ -363,17 +491,25 @@ def check_attestation(
             "attestation",
             f"signers hold {signed} of {total} staked base units, below two thirds",
         )
-    if check_signatures:
-        message = attestation_message(height, bytes.fromhex(block.hash))
-        public_keys = [bytes.fromhex(s) for s in signers]
-        aggregate = bytes(block.attestation or b"")
-        if len(aggregate) != BLS_SIGNATURE_BYTES or not bls.fast_aggregate_verify(
-            public_keys, message, aggregate
-        ):
-            raise InvalidBlockError(
-                height, "attestation", "the aggregate BLS signature does not verify"
-            )
     return signers
+
+
+def check_attestation_signature(
+    block: Block, signers: list[str], deferred: DeferredChecks | None = None
+) -> None:
+    """Check the signers' aggregate BLS signature on the block, or defer it."""
+    height = block.height
+    message = attestation_message(height, bytes.fromhex(block.hash))
+    public_keys = [bytes.fromhex(s) for s in signers]
+    aggregate = bytes(block.attestation or b"")
+    if len(aggregate) == BLS_SIGNATURE_BYTES and deferred is not None:
+        deferred.add_signature(height, "attestation", public_keys, message, aggregate)
+    elif len(aggregate) != BLS_SIGNATURE_BYTES or not bls.fast_aggregate_verify(
+        public_keys, message, aggregate
+    ):
+        raise InvalidBlockError(
+            height, "attestation", SIGNATURE_FAILURES["attestation"]
+        )
 
 
 def process_genesis(
@@ -383,11 +519,18 @@ def process_genesis(
     height = block.height
     if block.proposer or block.vdf_output or block.vdf_proof or block.pow_nonce:
         raise InvalidBlockError(height, "genesis", "genesis carries consensus evidence")
-    context = ChainContext(head=block, model_hash=payload.get("model_hash"))
+    context = ChainContext(
+        head=block, model_hash=payload.get("model_hash"), proposer_seed=genesis_seed(block)
+    )
     if "consensus" not in payload:
         return context
     try:
-        params = ConsensusParams(**payload["consensus"])
+        # A genesis written before VDF epochs existed proves every block.
+        params = ConsensusParams(**{"vdf_interval": 1, **payload["consensus"]})
+        if not isinstance(params.vdf_interval, int) or params.vdf_interval < 1:
+            raise InvalidBlockError(
+                height, "genesis", f"vdf_interval {params.vdf_interval!r} is not >= 1"
+            )
         validators = payload["validators"]
         balances: dict[str, int] = {}
         stakes: dict[str, int] = {}
@@ -427,7 +570,7 @@ def process_unattested(
         raise InvalidBlockError(
             block.height, "block-kind", "evidence on an unattested chain"
         )
-    new_context = dataclasses.replace(context, head=block)
+    new_context = dataclasses.replace(context, head=block, head_transactions=[])
     if block.kind != "version":
         return new_context
     if payload.get("parent_model_hash") != context.model_hash:
@@ -486,10 +629,11 @@ def process_version(
             f" {context.model_hash}",
         )
     commitments = check_commitments(height, payload["commitments"])
-    expected = encode_transactions(version_rewards(context, commitments, block.proposer))
+    rewards = version_rewards(context, commitments, block.proposer)
+    expected = encode_transactions(rewards)
     if payload["transactions"] != expected:
         raise InvalidBlockError(height, "rewards", "reward transactions differ")
-    new_context = apply_block_transactions(context, block, expected, False)
+    new_context = apply_block_transactions(context, block, expected, False, rewards)
     new_context.model_hash = payload["model_hash"]
     new_context.last_version = {
         "round": payload["round"],
@@ -520,22 +664,27 @@ def process_data(
             raise InvalidBlockError(
                 height, "data", "an accepted round must follow its version block"
             )
-        expected = encode_transactions(attester_rewards(context, last["signers"]))
+        rewards = attester_rewards(context, last["signers"])
+        expected = encode_transactions(rewards)
     else:
         if open_version:
             raise InvalidBlockError(
                 height, "data", "a rejected round follows a final version block"
             )
-        expected = []
+        rewards, expected = [], []
     if payload["transactions"] != expected:
         raise InvalidBlockError(height, "rewards", "attester reward transactions differ")
-    new_context = apply_block_transactions(context, block, expected, False)
+    new_context = apply_block_transactions(context, block, expected, False, rewards)
     new_context.last_round = payload["round"]
     return new_context
 
 
 def process_transactions_block(
-    context: ChainContext, block: Block, payload: dict[str, Any], check_signatures: bool
+    context: ChainContext,
+    block: Block,
+    payload: dict[str, Any],
+    check_signatures: bool,
+    deferred: DeferredChecks | None = None,
 ) -> ChainContext:
     """Apply a transaction block: transfers, stakes and slashes."""
     if set(payload) != {"transactions"} or not payload["transactions"]:
@@ -543,21 +692,32 @@ def process_transactions_block(
             block.height, "transaction", "payload must hold a non-empty transactions list"
         )
     return apply_block_transactions(
-        context, block, payload["transactions"], check_signatures
+        context, block, payload["transactions"], check_signatures, deferred
     )
 
 
 def apply_block_transactions(
-    context: ChainContext, block: Block, encoded: list[str], check_signatures: bool
+    context: ChainContext,
+    block: Block,
+    encoded: list[str],
+    check_signatures: bool,
+    deferred: DeferredChecks | None = None,
+    known: list[Transaction] | None = None,
 ) -> ChainContext:
-    """Apply encoded transactions in order and check the supply invariant."""
+    """Apply encoded transactions in order and check the supply invariant.
+
+    `known` are the transactions that `encoded` was built from and compared
+    equal to (the rewards the rules compute), which need no decoding.
+    """
     height = block.height
     state = context.accounts
     genesis_validators = set(context.accounts.stakes)
     decoded = []
     for index, text in enumerate(encoded):
         try:
-            tx = deserialize_transaction(text.encode("ascii"))
+            tx = known[index] if known is not None else deserialize_transaction(
+                text.encode("ascii")
+            )
             decoded.append(tx)
             if block.kind == "transaction" and tx.kind == TransactionKind.REWARD:
                 raise ConsensusError("rewards are minted by version and data blocks")
@@ -565,7 +725,16 @@ def apply_block_transactions(
                 # Only keys with a proof of possession may sign attestations.
                 raise ConsensusError(f"{tx.sender[:16]} is not a validator")
             slash_bp = context.params.slash_basis_points if context.params else 500
-            if check_signatures:
+            if check_signatures and deferred is not None and tx.kind in SIGNED_KINDS:
+                state = apply_transaction(state, tx, slash_bp)
+                deferred.add_signature(
+                    height,
+                    "transaction",
+                    [bytes.fromhex(tx.sender)],
+                    transaction_signing_message(tx),
+                    tx.signature,
+                )
+            elif check_signatures:
                 state = process_transaction(state, tx, slash_bp)
             else:
                 state = apply_transaction(state, tx, slash_bp)

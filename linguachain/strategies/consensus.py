@@ -57,7 +57,7 @@ from linguachain.ledger.keys import (
     read_validators,
 )
 from linguachain.ledger.models import Block
-from linguachain.ledger.rules import ConsensusParams, get_block_proposer
+from linguachain.ledger.rules import ConsensusParams, get_block_proposer, is_vdf_height
 from linguachain.ledger.store import load_weights, save_weights
 from linguachain.privacy.kits import SERVER_DIR
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY
@@ -91,6 +91,7 @@ def consensus_params(config: RunConfig) -> ConsensusParams:
     settings = config.consensus
     return ConsensusParams(
         vdf_iterations=settings.vdf_iterations,
+        vdf_interval=settings.vdf_interval,
         pow_difficulty_bits=settings.pow_difficulty_bits,
         contributor_reward=settings.contributor_reward,
         proposer_reward=settings.proposer_reward,
@@ -332,11 +333,15 @@ class ConsensusDriver:
         proved = self._pending(template) or self._propose(grid, template, context)
         self.pending_path.write_text(blocks_to_json([proved]))
 
-        # Vote: every validator checks the block against its own copy.
+        # Vote: every validator checks the block against its own copy. Only a
+        # version block can fail on a validator's judgement (its local loss), so
+        # for the other kinds the signature comes with the vote in one exchange.
         nodes = [n for n, a in self.node_accounts.items()
                  if context.accounts.stakes.get(a, 0) > 0]
         proposal = blocks_to_json([proved])
-        votes = self._send(grid, "validate", nodes, {"proposal": proposal}, records or {})
+        sign_with_vote = kind != "version"
+        fields = {"proposal": proposal, "sign": "yes" if sign_with_vote else "no"}
+        votes = self._send(grid, "validate", nodes, fields, records or {})
         stakes = context.accounts.stakes
         total = sum(stakes.values())
         yes = [n for n, r in votes.items() if r is not None and r.get("accept")]
@@ -356,7 +361,10 @@ class ConsensusDriver:
             return None, reason
 
         # Sign: only validators that voted yes, only this block at this height.
-        signed = self._send(grid, "sign", yes, {"proposal": proposal})
+        if sign_with_vote:
+            signed = {n: votes[n] for n in yes}
+        else:
+            signed = self._send(grid, "sign", yes, {"proposal": proposal})
         signatures = {
             self.node_accounts[n]: bytes.fromhex(r["signature"])
             for n, r in signed.items()
@@ -392,6 +400,12 @@ class ConsensusDriver:
 
     def _propose(self, grid: Grid, template: Block, context) -> Block:  # type: ignore[no-untyped-def]
         started = time.perf_counter()
+        if not is_vdf_height(context.params, template.height):
+            # Between VDF epochs proving is only the proof of work (milliseconds),
+            # cheaper than a round trip to the proposer, which still gets the reward.
+            proved = prove_block(template, context)
+            self._vdf_seconds += time.perf_counter() - started
+            return proved
         proposer_nodes = [n for n, a in self.node_accounts.items() if a == template.proposer]
         replies = self._send(
             grid, "propose", proposer_nodes[:1], {"proposal": blocks_to_json([template])}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -22,9 +23,16 @@ from chain_helpers import (  # noqa: F401 (fixtures)
     validator_keys,
 )
 
-from linguachain.ledger.chain import ChainConflictError, InvalidBlockError, Ledger
+from linguachain.ledger import bls
+from linguachain.ledger.chain import (
+    ChainConflictError,
+    InvalidBlockError,
+    Ledger,
+    new_block,
+)
 from linguachain.ledger.consensus import (
     evidence_to_json,
+    genesis_payload,
     propose_template,
     prove_block,
     seal_block,
@@ -35,13 +43,22 @@ from linguachain.ledger.consensus import (
     version_payload,
 )
 from linguachain.ledger.constants import BASE_UNITS_PER_LINGUACOIN
-from linguachain.ledger.rules import compute_block_hash, get_block_proposer
+from linguachain.ledger.rules import (
+    compute_block_hash,
+    encode_transactions,
+    genesis_seed,
+    get_block_proposer,
+    pow_header_bytes,
+)
 from linguachain.ledger.transactions import (
     DoubleSignEvidence,
+    Transaction,
     get_slash_amount,
     sign_attestation,
+    transaction_signing_message,
 )
-from linguachain.ledger.vdf import vdf_challenge, vdf_prove
+from linguachain.ledger.pow import solve_pow
+from linguachain.ledger.vdf import vdf_challenge, vdf_output_seed, vdf_prove
 
 HEADER_COLUMNS = {
     "hash": "'" + "f" * 64 + "'",
@@ -329,3 +346,163 @@ def test_node_signs_only_approved_block_once(keys, tmp_path):
     ledger.record_approval(second.height, second.hash)
     with pytest.raises(ValueError, match="double sign"):
         _sign(ledger, keys[0], ConfigRecord({"proposal": blocks_to_json([second])}))
+
+
+def test_vdf_epochs_prove_first_block_only(keys, tmp_path):
+    params = dataclasses.replace(PARAMS, vdf_interval=3)
+    ledger = Ledger.open(tmp_path / "l.db")
+    payload = genesis_payload([(key, STAKE, BALANCE) for key in keys], params, {})
+    genesis = new_block(None, "genesis", payload, "")
+    ledger.append(genesis, check_signatures=False)
+    seeds = []
+    for nonce in range(1, 6):
+        seeds.append(ledger.context().proposer_seed)
+        payload, _ = transaction_payload(
+            ledger.context(), [("transfer", transfer(keys[0], keys[1].account, 1, nonce))]
+        )
+        ledger.append(seal_locally(ledger, "transaction", payload, keys))
+    blocks = list(ledger.blocks(since=1))
+    assert [bool(b.vdf_output) for b in blocks] == [True, False, False, True, False]
+    assert seeds[0] == genesis_seed(genesis)
+    assert seeds[1] == seeds[2] == seeds[3] == vdf_output_seed(blocks[0].vdf_output)
+    assert seeds[4] == vdf_output_seed(blocks[3].vdf_output)
+    assert ledger.verify().valid
+
+    # A VDF off the schedule and a missing VDF on it are both rejected.
+    context = ledger.context()
+    template = propose_template(context, "transaction", {"transactions": []})
+    off_schedule = prove_block(template, context)
+    stray = vdf_prove(vdf_challenge(off_schedule.parent_hash), params.vdf_iterations)
+    off_schedule.vdf_output, off_schedule.vdf_proof = stray.output, stray.proof
+    off_schedule.hash = compute_block_hash(off_schedule)
+    with pytest.raises(InvalidBlockError) as error:
+        validate_proposal(context, off_schedule)
+    assert error.value.rule == "vdf"
+    ledger.close()
+
+    tamper(tmp_path / "l.db", "UPDATE blocks SET vdf_output = x'', vdf_proof = x''"
+           " WHERE height = 4")
+    report = Ledger.open(tmp_path / "l.db").verify()
+    assert not report.valid
+    assert report.height == 4
+    assert report.rule in ("vdf", "block-hash")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_verify_reports_earliest_bad_signature(chain_copy, workers):
+    # The attestation of block 1 is a valid signature, but not of block 2, and a
+    # later rule breaks too: the batched BLS check still names block 2.
+    tamper(chain_copy, "UPDATE blocks SET attestation = (SELECT attestation FROM blocks"
+           " WHERE height = 1) WHERE height = 2")
+    tamper(chain_copy, "UPDATE accounts SET balance = balance + 1 WHERE rowid = 1")
+    ledger = Ledger.open(chain_copy)
+    report = ledger.verify(workers=workers)
+    ledger.close()
+    assert not report.valid
+    assert report.height == 2, str(report)
+    assert report.rule == "attestation"
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_verify_reports_forged_vdf_before_broken_link(chain_copy, workers):
+    # Block 1 gets another VDF output and a matching hash, so its own header
+    # checks pass and block 2's parent link breaks; the deferred VDF check of
+    # block 1 is the first failure.
+    ledger = Ledger.open(chain_copy)
+    block = next(iter(ledger.blocks(since=1)))
+    block.vdf_output = bytes([block.vdf_output[0] ^ 1]) + block.vdf_output[1:]
+    block.pow_nonce = solve_pow(pow_header_bytes(block), PARAMS.pow_difficulty_bits)
+    new_hash = compute_block_hash(block)
+    ledger.close()
+    tamper(chain_copy, f"UPDATE blocks SET vdf_output = x'{block.vdf_output.hex()}',"
+           f" pow_nonce = {block.pow_nonce}, hash = '{new_hash}' WHERE height = 1")
+    ledger = Ledger.open(chain_copy)
+    report = ledger.verify(workers=workers)
+    assert ledger.verify(check_signatures=False, workers=workers).height == 1
+    ledger.close()
+    assert not report.valid
+    assert report.height == 1, str(report)
+    assert report.rule == "vdf"
+
+
+def test_verify_rejects_transfer_signed_by_other_key(keys, tmp_path):
+    ledger = start_chain(str(tmp_path / "l.db"), keys)
+    unsigned = Transaction("transfer", keys[0].account, keys[1].account, 5, 1)
+    forged = dataclasses.replace(
+        unsigned,
+        signature=bls.sign(keys[1].secret_key, transaction_signing_message(unsigned)),
+    )
+    context = ledger.context()
+    template = propose_template(
+        context, "transaction", {"transactions": encode_transactions([forged])}
+    )
+    block = prove_block(template, context)
+    signatures = {key.account: sign_block(key, block) for key in keys}
+    # Admitted without signature checks, as a careless writer would.
+    ledger.append(seal_block(context, block, signatures), check_signatures=False)
+    payload, _ = transaction_payload(
+        ledger.context(), [("transfer", transfer(keys[0], keys[1].account, 5, 2))]
+    )
+    ledger.append(seal_locally(ledger, "transaction", payload, keys))
+
+    report = ledger.verify()
+    assert not report.valid
+    assert report.height == 1, str(report)
+    assert report.rule == "transaction"
+    assert ledger.verify(check_signatures=False).valid
+    ledger.close()
+
+
+def _append_signed_transfer(path, keys, amount: int) -> None:
+    """Append one transfer block to a fresh chain, storing each validator's signature."""
+    ledger = start_chain(str(path), keys)
+    context = ledger.context()
+    payload, _ = transaction_payload(
+        context, [("transfer", transfer(keys[0], keys[1].account, amount, 1))]
+    )
+    block = prove_block(propose_template(context, "transaction", payload), context)
+    signatures = {key.account: sign_block(key, block) for key in keys}
+    ledger.append(seal_block(context, block, signatures), signatures=signatures)
+    ledger.close()
+
+
+def test_cli_slash_submits_double_sign_evidence(keys, tmp_path):
+    from typer.testing import CliRunner
+
+    from linguachain.cli import app
+
+    # Two ledgers whose blocks at height 1 differ, both signed by every validator.
+    _append_signed_transfer(tmp_path / "a.db", keys, 5)
+    _append_signed_transfer(tmp_path / "b.db", keys, 6)
+    runner = CliRunner()
+    offender = keys[0].account
+    for name in ("a", "b"):
+        result = runner.invoke(app, [
+            "ledger", "attestation", "--db", str(tmp_path / f"{name}.db"),
+            "--height", "1", "--validator", offender,
+        ])
+        assert result.exit_code == 0, result.output
+        (tmp_path / f"{name}.json").write_text(result.output)
+
+    same = runner.invoke(app, [
+        "ledger", "slash", "--first", str(tmp_path / "a.json"),
+        "--second", str(tmp_path / "a.json"), "--db", str(tmp_path / "a.db"),
+    ])
+    assert same.exit_code == 1
+    assert "invalid evidence" in same.output
+
+    result = runner.invoke(app, [
+        "ledger", "slash", "--first", str(tmp_path / "a.json"),
+        "--second", str(tmp_path / "b.json"), "--db", str(tmp_path / "a.db"),
+    ])
+    assert result.exit_code == 0, result.output
+    ledger = Ledger.open(tmp_path / "a.db")
+    entries = [(entry.kind, entry.encoded) for entry in ledger.mempool()]
+    assert [kind for kind, _ in entries] == ["evidence"]
+    payload, rejected = transaction_payload(ledger.context(), entries)
+    assert rejected == []
+    ledger.append(seal_locally(ledger, "transaction", payload, keys))
+    stake = ledger.context().accounts.stakes[offender]
+    assert stake == STAKE - get_slash_amount(STAKE, PARAMS.slash_basis_points)
+    assert ledger.verify().valid
+    ledger.close()
