@@ -224,7 +224,11 @@ def test_notebook_runs_on_finished_run(finished_run, monkeypatch):
         startup_timeout=180,
         resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}},
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        # nbclient 0.11 does not shut down a kernel manager that the caller passed in.
+        kernel.shutdown_kernel(now=True)
     outputs = [
         o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
     ]
