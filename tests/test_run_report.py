@@ -52,7 +52,7 @@ CONSOLE_ERROR = re.compile(r"CONSOLE|Uncaught|net::ERR_|Failed to load resource"
 
 @pytest.fixture(scope="module")
 def finished_run(micro_run) -> Path:
-    """2 nodes x 2 rounds of the micro preset; the run writes its report."""
+    """The shared 2-node, 2-round micro run, which writes its report."""
     return micro_run[0]
 
 

@@ -28,8 +28,8 @@ def run(overrides: dict, folder: Path) -> tuple[dict, list[dict]]:
 
 @pytest.fixture(scope="module")
 def plaintext_run(micro_overrides, tmp_path_factory):
-    # The plaintext reference model needs no consensus: nodes seed their training
-    # per round, and ckks_run asserts that consensus committed both of its rounds.
+    # The plaintext reference needs no consensus, because nodes seed their training
+    # per round and ckks_run asserts that consensus committed both of its rounds.
     folder = tmp_path_factory.mktemp("plaintext")
     overrides = {
         **micro_overrides,
