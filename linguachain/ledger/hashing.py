@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -45,24 +44,24 @@ def hash_weights(weights: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _reject_non_finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"Cannot hash a non-finite float {value}; store it as null.")
-    if isinstance(value, dict):
-        return {k: _reject_non_finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_reject_non_finite(v) for v in value]
-    return value
-
-
 def canonical_json(value: Any) -> bytes:
-    """Serialize JSON-compatible data canonically (sorted keys, no whitespace)."""
-    return json.dumps(
-        _reject_non_finite(value),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    ).encode("ascii")
+    """Serialize JSON-compatible data canonically (sorted keys, no whitespace).
+
+    Raise ValueError for a non-finite float, which has no JSON form.
+    """
+    try:
+        text = json.dumps(
+            value,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot hash a non-finite float ({error}); store it as null."
+        ) from error
+    return text.encode("ascii")
 
 
 def hash_json(value: Any) -> str:
