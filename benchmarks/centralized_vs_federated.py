@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from linguachain.config import load_config
+from linguachain.config import load_config, nest_dotted_keys
 from linguachain.server_app.run import prepare_task
 from linguachain.server_app.results import RunFolder
 from linguachain.sweep import run_job
@@ -32,6 +32,7 @@ from linguachain.task.blocks import articles_to_blocks
 from linguachain.task.data import load_text_pools
 from linguachain.task.evaluate import evaluate
 from linguachain.task.train import train_local
+from report import replace_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## Centralized vs federated"
@@ -54,14 +55,6 @@ def base_overrides(args: argparse.Namespace) -> dict:
         # Plaintext FedAvg: CKKS gives the same average within 1e-6 but is slower.
         "secure_aggregation.scheme": "none",
     }
-
-
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
 
 
 def run_centralized(overrides: dict, steps: int, workdir: Path) -> dict:
@@ -89,7 +82,7 @@ def run_centralized(overrides: dict, steps: int, workdir: Path) -> dict:
 
 
 def run_federated(overrides: dict, workdir: Path, name: str) -> dict:
-    summary = run_job(nested(overrides), workdir / name)
+    summary = run_job(nest_dotted_keys(overrides), workdir / name)
     return {
         "initial_perplexity": summary["initial_test_perplexity"],
         "final_perplexity": summary["final_test_perplexity"],
@@ -128,12 +121,7 @@ def write_markdown(result: dict, path: Path) -> None:
         result["discussion"],
         "",
     ]
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION_TITLE)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION_TITLE))
-        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
-    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
+    replace_section(SECTION_TITLE, lines, path)
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ from linguachain.ledger.transactions import (  # noqa: E402
     sign_transaction,
     transaction_signing_message,
 )
+from report import replace_section  # noqa: E402
 
 PARAMS = ConsensusParams(vdf_iterations=100, pow_difficulty_bits=4)
 BATCH = 500
@@ -223,12 +224,6 @@ def measure_round_share(folder: Path) -> dict:
 
 
 def write_section(results: dict, command: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start = text.find("## Ledger")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start].rstrip() + "\n" + (text[end:] if end >= 0 else "")
     share = results.get("consensus_time_share")
     lines = [
         "",
@@ -242,7 +237,7 @@ def write_section(results: dict, command: str) -> None:
         f"| {results['transfers_per_second']:.0f} | >= 2000 |",
         f"| BLS Verify per transfer signature ({bls.get_backend()}) "
         f"| {1000 * results['bls_verify_seconds_per_signature']:.2f} ms | |",
-        f"| verify, 10,000 blocks, one worker process per CPU but one "
+        f"| verify, 10,000 blocks, one worker process per CPU "
         f"| {results['verify_seconds_10k_blocks']:.1f} s | <= 10 s |",
         f"| verify, 10,000 blocks, all in one process "
         f"| {results['verify_seconds_10k_blocks_serial']:.1f} s | |",
@@ -275,8 +270,7 @@ def write_section(results: dict, command: str) -> None:
         "holds the VDF and PoW, over the round seconds in `metrics.jsonl`.",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip() + "\n" + "\n".join(lines))
+    replace_section("## Ledger", lines)
 
 
 def main() -> None:

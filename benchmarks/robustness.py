@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 
 from linguachain.client_app.attacks import malicious_partitions
+from linguachain.config import nest_dotted_keys
 from linguachain.sweep import run_job
+from report import replace_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## Robustness and privacy"
@@ -87,19 +89,11 @@ def rule_overrides(rule: str, nodes: int) -> dict:
     return {"aggregation.name": rule}
 
 
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
-
-
 def run(overrides: dict, workdir: Path, name: str) -> dict:
     """Run one simulation; return its final metrics row and summary."""
     started = time.perf_counter()
     folder = workdir / name
-    summary = run_job(nested(overrides), folder)
+    summary = run_job(nest_dotted_keys(overrides), folder)
     rows = [
         json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
     ]
@@ -253,12 +247,7 @@ def write_markdown(result: dict, path: Path) -> None:
         lines += ["", f"![privacy-utility curve]({image})"]
     lines += [""]
     lines += [result["discussion"], ""]
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(title + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(title))
-        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
-    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines))
+    replace_section(title, lines, path)
 
 
 def discuss(result: dict) -> str:

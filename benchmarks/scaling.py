@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report import replace_section
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_JSON = REPO_ROOT / "docs" / "benchmarks" / "scaling.json"
 OUTPUT_PLOT = REPO_ROOT / "docs" / "benchmarks" / "scaling.png"
@@ -380,22 +382,6 @@ def growth_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown_section(result: dict[str, Any]) -> str:
-    """Write the BENCHMARKS.md section from the measured rows."""
-    return "\n".join(table_lines(result) + growth_lines(result))
-
-
-def replace_section(page: Path, section: str) -> None:
-    """Replace (or append) this script's section of BENCHMARKS.md, keeping the rest."""
-    text = page.read_text(encoding="utf-8") if page.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    page.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def fit_growth(nodes: list[float], values: list[float]) -> dict[str, Any]:
     """Fit values against node count, call the trend and predict larger sizes."""
     slope, intercept = fit_line(nodes, values)
@@ -521,7 +507,8 @@ def write_outputs(result: dict[str, Any]) -> None:
     OUTPUT_JSON.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot_rows(result["rows"], OUTPUT_PLOT)
     if len(result["rows"]) > 1:
-        replace_section(BENCHMARKS_PAGE, markdown_section(result))
+        lines = table_lines(result) + growth_lines(result)
+        replace_section(SECTION_TITLE, lines, BENCHMARKS_PAGE)
     logger.info("Wrote %s, %s and %s", OUTPUT_JSON, OUTPUT_PLOT, BENCHMARKS_PAGE)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -62,6 +61,7 @@ from linguachain.privacy.threshold import (
 )
 from linguachain.task.model import PRESETS
 from linguachain.task.train import train_local
+from report import replace_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JSON_PATH = REPO_ROOT / "docs" / "benchmarks" / "secure_aggregation.json"
@@ -259,16 +259,7 @@ def write_markdown(results: dict, command: str) -> None:
         "depend on the number of values only.",
         "",
     ]
-    section = "\n".join(lines)
-
-    text = MARKDOWN_PATH.read_text() if MARKDOWN_PATH.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    MARKDOWN_PATH.parent.mkdir(parents=True, exist_ok=True)
-    MARKDOWN_PATH.write_text(text.rstrip("\n") + "\n")
+    replace_section(SECTION_TITLE, lines, MARKDOWN_PATH)
 
 
 def main() -> None:

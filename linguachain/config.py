@@ -379,7 +379,20 @@ def _require(condition: bool, key: str, value: Any, rule: str) -> None:
 
 def check_ranges(config: RunConfig) -> None:
     """Reject values of the right type that no run can use."""
-    data, train, fed = config.data, config.train, config.federation
+    check_data(config.data)
+    check_tokenizer(config)
+    check_train(config.train)
+    check_federation(config.federation)
+    check_secure_aggregation(config)
+    check_output(config)
+    check_attack(config.attack)
+    check_privacy(config.privacy)
+    check_aggregation(config)
+    check_consensus_ranges(config.consensus)
+
+
+def check_data(data: DataConfig) -> None:
+    """Reject data values that no run can use."""
     _require(data.block_size >= 8, "data.block_size", data.block_size, "use >= 8")
     _require(data.alpha > 0, "data.alpha", data.alpha, "use a Dirichlet alpha > 0")
     _require(data.num_topics >= 1, "data.num_topics", data.num_topics, "use >= 1")
@@ -390,6 +403,10 @@ def check_ranges(config: RunConfig) -> None:
         data.local_eval_fraction,
         "use a fraction in [0, 1)",
     )
+
+
+def check_tokenizer(config: RunConfig) -> None:
+    """Reject tokenizer values that no run can use."""
     _require(
         0.0 < config.tokenizer.public_fraction < 1.0,
         "tokenizer.public_fraction",
@@ -402,12 +419,20 @@ def check_ranges(config: RunConfig) -> None:
         config.tokenizer.vocab_size,
         "use >= 300 (256 byte tokens plus merges and special tokens)",
     )
+
+
+def check_train(train: TrainConfig) -> None:
+    """Reject training values that no run can use."""
     _require(train.rounds >= 1, "train.rounds", train.rounds, "use >= 1")
     _require(train.local_steps >= 1, "train.local_steps", train.local_steps, "use >= 1")
     _require(train.batch_size >= 1, "train.batch_size", train.batch_size, "use >= 1")
     _require(train.lr > 0, "train.lr", train.lr, "use a learning rate > 0")
     _require(train.grad_clip > 0, "train.grad_clip", train.grad_clip, "use > 0")
     _require(train.num_threads >= 1, "train.num_threads", train.num_threads, "use >= 1")
+
+
+def check_federation(fed: FederationConfig) -> None:
+    """Reject federation values that no run can use."""
     _require(fed.num_nodes >= 1, "federation.num_nodes", fed.num_nodes, "use >= 1")
     _require(fed.min_nodes >= 1, "federation.min_nodes", fed.min_nodes, "use >= 1")
     _require(
@@ -422,6 +447,14 @@ def check_ranges(config: RunConfig) -> None:
         fed.fraction_evaluate,
         "use a fraction in [0, 1]",
     )
+
+
+def check_secure_aggregation(config: RunConfig) -> None:
+    """Reject secure aggregation values that no run can use.
+
+    The CKKS decryptors and the replies a round needs cannot exceed the nodes.
+    """
+    fed = config.federation
     _check_secure_aggregation(config.secure_aggregation)
     if config.secure_aggregation.scheme != "none":
         secure = config.secure_aggregation
@@ -438,16 +471,16 @@ def check_ranges(config: RunConfig) -> None:
             secure.ckks_decryptors,
             f"use at most federation.num_nodes={fed.num_nodes}",
         )
+
+
+def check_output(config: RunConfig) -> None:
+    """Reject output values that no run can use."""
     _require(
         config.output.max_new_tokens >= 1,
         "output.max_new_tokens",
         config.output.max_new_tokens,
         "use >= 1",
     )
-    check_attack(config.attack)
-    check_privacy(config.privacy)
-    check_aggregation(config)
-    check_consensus_ranges(config.consensus)
 
 
 def expected_train_nodes(federation: FederationConfig) -> int:
@@ -781,6 +814,23 @@ def _check_secure_aggregation(secure: SecureAggregationConfig) -> None:
     _require(
         secure.min_replies >= 1, prefix + "min_replies", secure.min_replies, "use >= 1"
     )
+
+
+def nest_dotted_keys(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group dotted keys by config group: {"train.lr": 0.1} -> {"train": {"lr": 0.1}}.
+
+    The result is what `from_nested` and `linguachain.sweep.run_job` take.
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if "." not in key:
+            raise ConfigError(
+                f"Invalid config key '{key}': expected 'group.name', for example"
+                " 'train.lr'."
+            )
+        group, name = key.split(".", 1)
+        nested.setdefault(group, {})[name] = value
+    return nested
 
 
 def from_nested(nested: Mapping[str, Any]) -> RunConfig:

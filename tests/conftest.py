@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from linguachain.config import nest_dotted_keys
+from linguachain.sweep import run_job
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,4 +46,20 @@ def micro_overrides(wikitext: Path) -> dict:
         "federation.num_nodes": 2,
         "output.max_new_tokens": 8,
         "output.prompts": "The history of",
+        # A light VDF and proof of work run the same consensus code faster.
+        # tests/ledger/ covers those primitives.
+        "consensus.vdf_iterations": 500,
+        "consensus.pow_difficulty_bits": 4,
     }
+
+
+@pytest.fixture(scope="session")
+def micro_run(micro_overrides: dict, tmp_path_factory) -> tuple[Path, dict]:
+    """Run 2 nodes x 2 rounds of the micro preset (CKKS, consensus) once per session.
+
+    Tests that share this run only read its folder, and a test that edits a file
+    edits a copy.
+    """
+    folder = tmp_path_factory.mktemp("micro-run")
+    summary = run_job(nest_dotted_keys(micro_overrides), folder)
+    return folder, summary

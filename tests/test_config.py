@@ -7,7 +7,14 @@ import tomllib
 import pytest
 
 from conftest import REPO_ROOT
-from linguachain.config import ConfigError, flatten, from_nested, load_config, RunConfig
+from linguachain.config import (
+    ConfigError,
+    RunConfig,
+    flatten,
+    from_nested,
+    load_config,
+    nest_dotted_keys,
+)
 
 
 def test_defaults_match_pyproject_run_config():
@@ -67,6 +74,15 @@ def test_nested_config_goes_through_same_schema():
     assert config.train.lr == 0.01
     with pytest.raises(ConfigError, match="Did you mean 'model.preset'"):
         from_nested({"model": {"prest": "micro"}})
+
+
+def test_dotted_keys_nest_by_group():
+    values = {"model.preset": "micro", "train.lr": 0.01, "train.rounds": 2}
+    nested = nest_dotted_keys(values)
+    assert nested == {"model": {"preset": "micro"}, "train": {"lr": 0.01, "rounds": 2}}
+    assert from_nested(nested) == load_config(values)
+    with pytest.raises(ConfigError, match="'lr'"):
+        nest_dotted_keys({"lr": 0.01})
 
 
 def test_secure_aggregation_defaults_to_ckks():

@@ -1,4 +1,7 @@
-"""End-to-end consensus on real text: replicas, rejected rounds, resume after SIGKILL."""
+"""End-to-end consensus on real text: replicas, rejected rounds, resume after SIGKILL.
+
+One run keeps the server's ledger in a throwaway PostgreSQL server.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +18,12 @@ from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from linguachain.cli import app as cli
+from linguachain.config import nest_dotted_keys
 from linguachain.ledger.chain import Ledger
 from linguachain.sweep import run_job
+from postgres_server import postgres_server, postgres_unavailable_reason
 
 FAST_CONSENSUS = {"consensus.vdf_iterations": 500, "consensus.pow_difficulty_bits": 4}
-
-
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
 
 
 def small_run(micro_overrides: dict, **changes) -> dict:
@@ -44,10 +41,9 @@ def chain_payloads(ledger: Ledger) -> list[tuple[str, dict]]:
 
 
 @pytest.fixture(scope="module")
-def gated_run(micro_overrides, tmp_path_factory) -> tuple[Path, dict]:
-    """Run 2 nodes x 2 rounds with consensus-gated commits."""
-    folder = tmp_path_factory.mktemp("gated")
-    return folder, run_job(nested(small_run(micro_overrides)), folder)
+def gated_run(micro_run) -> tuple[Path, dict]:
+    """2 nodes x 2 rounds with consensus-gated commits."""
+    return micro_run
 
 
 def test_replicas_end_with_same_head(gated_run):
@@ -124,7 +120,7 @@ def test_worse_model_rejected_and_model_stays(micro_overrides, tmp_path):
     # A negative tolerance demands a loss gain of 1000 nats, which no round makes.
     overrides = small_run(micro_overrides, **{"train.rounds": 1,
                                                "consensus.loss_tolerance": -1000.0})
-    summary = run_job(nested(overrides), tmp_path)
+    summary = run_job(nest_dotted_keys(overrides), tmp_path)
     row = read_metrics(tmp_path)[1]
     assert row["committed"] is False
     assert row["consensus"]["status"] == "rejected"
@@ -140,6 +136,32 @@ def test_worse_model_rejected_and_model_stays(micro_overrides, tmp_path):
     ledger.close()
 
 
+def test_run_keeps_ledger_in_postgresql(micro_overrides, tmp_path):
+    reason = postgres_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"No PostgreSQL server for the ledger: {reason}")
+    overrides = small_run(micro_overrides, **{"train.rounds": 1, "train.local_steps": 2})
+    with postgres_server() as url:
+        summary = run_job(nest_dotted_keys({**overrides, "ledger.url": url}), tmp_path)
+        ledger = Ledger(url)
+        report = ledger.verify()
+        kinds = [kind for kind, _ in chain_payloads(ledger)]
+        ledger.close()
+    assert summary["ledger"]["url"] == url
+    assert summary["ledger"]["valid"]
+    assert not (tmp_path / "ledger.db").exists()
+    assert report.valid, str(report)
+    assert kinds == ["genesis", "version", "data"]
+    assert report.head_hash == summary["ledger"]["head"]
+    # The nodes keep their SQLite copies, at the server's head.
+    replicas = sorted((tmp_path / "nodes").glob("node-*/ledger.db"))
+    assert len(replicas) == 2
+    for path in replicas:
+        replica = Ledger.open(path)
+        assert replica.head().hash == report.head_hash, path
+        replica.close()
+
+
 def start_server(overrides: dict, folder: Path, log: Path) -> subprocess.Popen:
     """Start a gated run in its own process group, logging to `log`."""
     code = (
@@ -147,8 +169,9 @@ def start_server(overrides: dict, folder: Path, log: Path) -> subprocess.Popen:
         " run_job; run_job(json.loads(sys.argv[1]), Path(sys.argv[2]))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    config = json.dumps(nest_dotted_keys(overrides))
     return subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(nested(overrides)), str(folder)],
+        [sys.executable, "-c", code, config, str(folder)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
 
@@ -190,7 +213,7 @@ def test_resume_after_kills(micro_overrides, tmp_path):
     second = start_server(overrides, folder, tmp_path / "second.log")
     kill_when(second, folder, lambda l: l.context().last_round >= 2, timeout=900)
 
-    summary = run_job(nested(overrides), folder)
+    summary = run_job(nest_dotted_keys(overrides), folder)
     ledger = Ledger.open(folder / "ledger.db")
     report = ledger.verify()
     assert report.valid, str(report)

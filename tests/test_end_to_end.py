@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO_ROOT
 from linguachain.cli import app as cli
+from linguachain.config import nest_dotted_keys
 from linguachain.ledger.chain import Ledger
 from linguachain.sweep import run_job
 
@@ -31,20 +32,10 @@ RESULT_FILES = [
 ]
 
 
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
-
-
 @pytest.fixture(scope="module")
-def simulated_run(micro_overrides, tmp_path_factory) -> tuple[Path, dict]:
-    """Run 2 nodes x 2 rounds of the micro preset in Flower's simulation engine."""
-    folder = tmp_path_factory.mktemp("run")
-    summary = run_job(nested(micro_overrides), folder)
-    return folder, summary
+def simulated_run(micro_run) -> tuple[Path, dict]:
+    """2 nodes x 2 rounds of the micro preset in Flower's simulation engine."""
+    return micro_run
 
 
 def test_perplexity_falls(simulated_run):
@@ -125,7 +116,7 @@ def test_node_with_non_finite_loss_replies_error(micro_overrides, tmp_path):
     # node replies with an error, the model stays unchanged and nothing commits.
     overrides = {**micro_overrides, "train.rounds": 1, "train.lr": 1e30,
                  "train.grad_clip": 1e30, "output.save_model": False}
-    summary = run_job(nested(overrides), tmp_path)
+    summary = run_job(nest_dotted_keys(overrides), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["committed"] is False
     assert rows[1]["nodes"] == 0
@@ -137,7 +128,8 @@ def test_sweep_multirun_two_values(wikitext, tmp_path):
         sys.executable, "-m", "linguachain.sweep", "-m", "model=micro",
         f"data.path={wikitext}", "data.train_file=valid.txt", "train.rounds=1",
         "train.local_steps=2", "federation.num_nodes=2", "data.eval_blocks=16",
-        "output.save_model=false", "train.lr=0.003,0.001",
+        "output.save_model=false", "consensus.vdf_iterations=500",
+        "consensus.pow_difficulty_bits=4", "train.lr=0.003,0.001",
         f"hydra.sweep.dir={tmp_path}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

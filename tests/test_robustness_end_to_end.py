@@ -7,6 +7,7 @@ import json
 import pytest
 
 from linguachain.client_app.attacks import malicious_partitions
+from linguachain.config import nest_dotted_keys
 from linguachain.ledger.chain import Ledger
 from linguachain.server_app.run_data import load_run
 from linguachain.sweep import run_job
@@ -15,10 +16,7 @@ from linguachain.sweep import run_job
 @pytest.fixture(scope="module")
 def attacked_run(micro_overrides, tmp_path_factory):
     """Run 3 micro nodes x 2 rounds; one backdoor attacker; median; DP on."""
-    nested: dict = {}
-    for key, value in micro_overrides.items():
-        group, name = key.split(".", 1)
-        nested.setdefault(group, {})[name] = value
+    nested = nest_dotted_keys(micro_overrides)
     nested["federation"].update({"num_nodes": 3, "fraction_evaluate": 0.0})
     nested["train"].update({"local_steps": 4})
     nested["output"].update({"save_model": False})

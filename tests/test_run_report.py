@@ -21,7 +21,6 @@ from conftest import REPO_ROOT
 from linguachain.cli import app as cli
 from linguachain.server_app.report import write_run_report
 from linguachain.server_app.run_data import load_run
-from linguachain.sweep import run_job
 
 SECTION_HEADINGS = [
     "Summary",
@@ -51,21 +50,10 @@ CHROMIUM_FLAGS = [
 CONSOLE_ERROR = re.compile(r"CONSOLE|Uncaught|net::ERR_|Failed to load resource")
 
 
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
-
-
 @pytest.fixture(scope="module")
-def finished_run(micro_overrides, tmp_path_factory) -> Path:
-    """Run 2 nodes x 2 rounds of the micro preset; the run writes its report."""
-    folder = tmp_path_factory.mktemp("report-run")
-    overrides = {**micro_overrides, "train.local_steps": 4}
-    run_job(nested(overrides), folder)
-    return folder
+def finished_run(micro_run) -> Path:
+    """The shared 2-node, 2-round micro run, which writes its report."""
+    return micro_run[0]
 
 
 def headings(html: str) -> list[str]:
@@ -236,7 +224,11 @@ def test_notebook_runs_on_finished_run(finished_run, monkeypatch):
         startup_timeout=180,
         resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}},
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        # nbclient 0.11 does not shut down a kernel manager that the caller passed in.
+        kernel.shutdown_kernel(now=True)
     outputs = [
         o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
     ]

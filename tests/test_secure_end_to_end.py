@@ -8,40 +8,44 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
+from linguachain.config import from_nested, nest_dotted_keys
 from linguachain.ledger.chain import Ledger
 from linguachain.sweep import run_job
 
 
-def nested(overrides: dict) -> dict:
-    result: dict = {}
-    for key, value in overrides.items():
-        group, name = key.split(".", 1)
-        result.setdefault(group, {})[name] = value
-    return result
+def read_metrics(folder: Path) -> list[dict]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def run(overrides: dict, folder: Path) -> tuple[dict, list[dict]]:
-    summary = run_job(nested(overrides), folder)
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    return summary, [json.loads(line) for line in lines]
+    summary = run_job(nest_dotted_keys(overrides), folder)
+    return summary, read_metrics(folder)
 
 
 @pytest.fixture(scope="module")
 def plaintext_run(micro_overrides, tmp_path_factory):
+    # The plaintext reference needs no consensus, because nodes seed their training
+    # per round and ckks_run asserts that consensus committed both of its rounds.
     folder = tmp_path_factory.mktemp("plaintext")
-    return folder, *run(
-        {**micro_overrides, "secure_aggregation.scheme": "none"}, folder
-    )
+    overrides = {
+        **micro_overrides,
+        "secure_aggregation.scheme": "none",
+        "consensus.enabled": False,
+    }
+    return folder, *run(overrides, folder)
 
 
 @pytest.fixture(scope="module")
-def ckks_run(micro_overrides, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckks")
-    return folder, *run(
-        {**micro_overrides, "secure_aggregation.scheme": "ckks"}, folder
-    )
+def ckks_run(micro_run):
+    folder, summary = micro_run
+    config = from_nested(yaml.safe_load((folder / "config.yaml").read_text()))
+    # The shared micro run must encrypt, or the comparison with plaintext proves nothing.
+    assert config.secure_aggregation.scheme == "ckks"
+    return folder, summary, read_metrics(folder)
 
 
 def test_ckks_run_ends_at_plaintext_model(plaintext_run, ckks_run):

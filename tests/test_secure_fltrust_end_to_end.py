@@ -7,6 +7,7 @@ import json
 import pytest
 
 from linguachain.client_app.attacks import malicious_partitions
+from linguachain.config import nest_dotted_keys
 from linguachain.sweep import run_job
 
 NUM_NODES = 3
@@ -16,10 +17,7 @@ FRACTION = 0.34
 @pytest.fixture(scope="module")
 def encrypted_fltrust_run(micro_overrides, tmp_path_factory):
     """Run 3 micro nodes x 1 round; one sign-flip attacker; FLTrust over CKKS."""
-    nested: dict = {}
-    for key, value in micro_overrides.items():
-        group, name = key.split(".", 1)
-        nested.setdefault(group, {})[name] = value
+    nested = nest_dotted_keys(micro_overrides)
     nested["federation"].update({"num_nodes": NUM_NODES, "fraction_evaluate": 0.0})
     nested["train"].update({"rounds": 1, "local_steps": 4})
     nested["output"].update({"save_model": False})

@@ -36,6 +36,8 @@ def test_failed_job_reported_and_sweep_goes_on(wikitext, tmp_path):
         "data.eval_blocks=16",
         "output.save_model=false",
         "output.max_new_tokens=4",
+        "consensus.vdf_iterations=500",
+        "consensus.pow_difficulty_bits=4",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)

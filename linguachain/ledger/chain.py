@@ -424,7 +424,7 @@ class Ledger:
         VDF proofs, attestations and transfer signatures are checked in chunks by
         `workers` processes while this process replays the state transitions,
         then the report names the lowest failing height. By default chains of
-        `PARALLEL_VERIFY_MIN_BLOCKS` or more use one worker per CPU but one;
+        `PARALLEL_VERIFY_MIN_BLOCKS` or more use one worker per CPU;
         `workers=0` checks everything in this process.
         """
         if workers is None:
@@ -467,7 +467,7 @@ class Ledger:
         except DatabaseError as database_error:
             error = InvalidBlockError(count, "readable-database", str(database_error.orig))
         finally:
-            failures = [_chunk_result(chunk, future) for chunk, future in pending]
+            failures = _chunk_results(pending)
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         failures = [f for f in failures if f is not None]
@@ -486,7 +486,9 @@ class Ledger:
             head = _head(session)
         if head is None or head.height + 1 < PARALLEL_VERIFY_MIN_BLOCKS:
             return 0
-        return max(0, (os.cpu_count() or 1) - 1)
+        # The replay needs about a third of the CPU time of the checks, so one
+        # worker per CPU keeps every core busy.
+        return os.cpu_count() or 1
 
 
 def first_invalid_check(chunk: DeferredChecks) -> tuple[int, str, str] | None:
@@ -505,17 +507,25 @@ def _verify_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
-def _chunk_result(
-    chunk: DeferredChecks, future: Future | None
-) -> tuple[int, str, str] | None:
-    if future is not None:
-        try:
-            return future.result()
-        except BrokenProcessPool as error:
-            # For example a script without `if __name__ == "__main__":`, which
-            # spawned workers cannot import.
-            logger.warning("Verify worker failed (%s); checking in this process", error)
-    return chunk.first_invalid()
+def _chunk_results(
+    pending: list[tuple[DeferredChecks, Future | None]],
+) -> list[tuple[int, str, str] | None]:
+    results = []
+    broken = False
+    for chunk, future in pending:
+        if future is not None and not broken:
+            try:
+                results.append(future.result())
+                continue
+            except BrokenProcessPool as error:
+                # For example a script without `if __name__ == "__main__":`,
+                # which spawned workers cannot import.
+                broken = True
+                logger.warning(
+                    "Verify workers failed (%s); checking in this process", error
+                )
+        results.append(chunk.first_invalid())
+    return results
 
 
 _BLOCK_COLUMNS = (

@@ -391,7 +391,10 @@ class ConsensusDriver:
         from linguachain.ledger.rules import has_quorum
 
         if not has_quorum(context.params, yes_stake, total):
-            self.pending_path.unlink(missing_ok=True)
+            if not sign_with_vote:
+                # Nobody signed, so the height is free for another block. After
+                # signatures came with the votes, the same block is offered again.
+                self.pending_path.unlink(missing_ok=True)
             reason = "; ".join(reasons) or "validators did not reply"
             logger.warning(
                 "Block %d (%s): %d of %d staked units voted yes: %s",
