@@ -127,7 +127,8 @@ def build_run_chain(path: Path, num_blocks: int, validators) -> Ledger:  # type:
     payload = genesis_payload([(k, 10**6, 10**15) for k in validators], params, {})
     ledger.append(new_block(None, "genesis", payload, ""), check_signatures=False)
     commitments = [
-        {"node": k.account, "update_hash": f"{i + 1:064x}", "tokens": 100, "privacy_spent": None}
+        {"node": k.account, "update_hash": f"{i + 1:064x}", "tokens": 100,
+         "robustness_score": 1.0, "privacy_spent": None}
         for i, k in enumerate(validators)
     ]
     nonce = 0
