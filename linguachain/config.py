@@ -246,7 +246,7 @@ class ConsensusConfig:
     loss_tolerance: float = 0.05
     # Held-back blocks each validator evaluates the proposed and the parent model
     # on (the first ones of its partition); 0 uses all of them.
-    validation_blocks: int = 32
+    validation_blocks: int = 16
     # Share of stake whose signatures make a block final, as "n/d" >= 2/3.
     quorum: str = "2/3"
     # LinguaCoin amounts in base units (10**8 per coin).

@@ -498,7 +498,15 @@ class ConsensusDriver:
                 Message(content=content, dst_node_id=node_id, message_type=f"query.{action}")
             )
         replies: dict[int, dict[str, Any] | None] = {n: None for n in node_ids}
-        for reply in grid.send_and_receive(messages, timeout=self.config.consensus.timeout):
+        started = time.perf_counter()
+        received = list(
+            grid.send_and_receive(messages, timeout=self.config.consensus.timeout)
+        )
+        logger.info(
+            "query.%s: %d of %d nodes replied in %.2f s",
+            action, len(received), len(node_ids), time.perf_counter() - started,
+        )
+        for reply in received:
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 logger.warning("Node %d failed query.%s: %s", node_id, action,
