@@ -33,7 +33,6 @@ from linguachain.client_app.secure_update import (
     handle_decrypt_scores,
     load_kit,
 )
-from linguachain.ledger.hashing import hash_weights
 from linguachain.logs import configure_logging
 from linguachain.privacy.dp import privatize_update
 from linguachain.privacy.updates import add_update, weights_difference
@@ -223,32 +222,17 @@ app.query("decrypt")(handle_decrypt)
 app.query("decrypt_scores")(handle_decrypt_scores)
 
 
-# Validation losses by (run, node, model hash, blocks evaluated). A model proposed in
-# one round is the parent of the next, so its loss is read here, not recomputed,
-# where the ClientApp process lives on (simulation actors).
-_VALIDATION_LOSSES: OrderedDict[tuple[int, int, str, int], float] = OrderedDict()
-_MAX_VALIDATION_LOSSES = 64
-
-
 def _local_loss(msg: Message, context: Context, arrays: ArrayRecord) -> float:
     config, data, _ = _node_setup(msg, context)
-    weights = arrays_to_weights(arrays)
+    torch.set_num_threads(config.train.num_threads)
+    tokenizer = wrap_tokenizer(_tokenizer_json(msg))
+    model = build_model(config.model, tokenizer, config.data.block_size)
+    set_weights(model, arrays_to_weights(arrays))
     # Nodes with no held-back blocks judge the model on their last training blocks.
     blocks = data.eval_blocks if len(data.eval_blocks) else data.train_blocks[-8:]
     if config.consensus.validation_blocks > 0:
         blocks = blocks[: config.consensus.validation_blocks]
-    key = (context.run_id, context.node_id, hash_weights(weights), len(blocks))
-    if key in _VALIDATION_LOSSES:
-        return _VALIDATION_LOSSES[key]
-    torch.set_num_threads(config.train.num_threads)
-    tokenizer = wrap_tokenizer(_tokenizer_json(msg))
-    model = build_model(config.model, tokenizer, config.data.block_size)
-    set_weights(model, weights)
-    loss = evaluate(model, blocks, tokenizer, config.train.batch_size).loss
-    _VALIDATION_LOSSES[key] = loss
-    while len(_VALIDATION_LOSSES) > _MAX_VALIDATION_LOSSES:
-        _VALIDATION_LOSSES.popitem(last=False)
-    return loss
+    return evaluate(model, blocks, tokenizer, config.train.batch_size).loss
 
 
 def _consensus(msg: Message, context: Context, action: str) -> Message:

@@ -45,6 +45,9 @@ from linguachain.strategies.consensus import (
 logger = logging.getLogger(__name__)
 
 KIT_DIR_KEY = "secure_aggregation.kit_dir"
+# Validation losses by model hash, next to a SQLite ledger replica.
+LOSS_CACHE = "validation_losses.json"
+MAX_CACHED_LOSSES = 8
 
 # Computes a model's mean loss on the node's local held-back text, in nats.
 LossFn = Callable[[Message, Context, ArrayRecord], float]
@@ -138,14 +141,18 @@ def _vote(
     try:
         validate_proposal(chain, block)
         if block.kind == "version":
-            _check_model(msg, context, block, chain.model_hash, model_loss, tolerance)
+            _, ledger_url = _paths(msg, context)
+            cache = None if "://" in ledger_url else Path(ledger_url).with_name(LOSS_CACHE)
+            _check_model(
+                msg, context, block, chain.model_hash, model_loss, tolerance, cache
+            )
     except (InvalidBlockError, ValueError) as error:
         logger.warning("Rejected block %d: %s", block.height, error)
         return {"accept": False, "reason": str(error)}
     ledger.record_approval(block.height, block.hash)
     if record.get("sign") == "yes":
-        # The server asks for the signature with the vote when validators have
-        # no judgement call to make (every block but version blocks).
+        # The server requests the signature with the vote for blocks that need
+        # no judgement by validators (every kind but version blocks).
         key_path, _ = _paths(msg, context)
         try:
             signature = _sign(ledger, read_validator_key(key_path), record)
@@ -163,6 +170,7 @@ def _check_model(
     committed_hash: str | None,
     model_loss: LossFn,
     tolerance: float,
+    cache: Path | None = None,
 ) -> None:
     payload = json.loads(block.payload)
     proposed: ArrayRecord = msg.content["arrays"]
@@ -171,14 +179,46 @@ def _check_model(
         raise ValueError("the proposed weights do not hash to the block's model hash")
     if hash_weights({n: a.numpy() for n, a in parent.items()}) != committed_hash:
         raise ValueError("the parent weights are not the committed model")
+    # A model proposed in one round is the parent in the next, so the loss this
+    # node computed for it then is read back instead of evaluated again.
+    blocks = str(msg.content["config"].get("consensus.validation_blocks", ""))
+    losses = _read_losses(cache)
     new_loss = model_loss(msg, context, proposed)
-    parent_loss = model_loss(msg, context, parent)
+    parent_loss = losses.get(f"{committed_hash}/{blocks}")
+    if parent_loss is None:
+        parent_loss = model_loss(msg, context, parent)
+    _write_losses(cache, losses, {
+        f"{committed_hash}/{blocks}": parent_loss,
+        f"{payload['model_hash']}/{blocks}": new_loss,
+    })
     if not math.isfinite(new_loss) or new_loss > parent_loss + tolerance:
         raise ValueError(
             f"local held-back loss {new_loss:.4f} exceeds the parent's {parent_loss:.4f}"
             f" by more than the tolerance {tolerance}"
         )
     logger.info("Block %d: local loss %.4f -> %.4f", block.height, parent_loss, new_loss)
+
+
+def _read_losses(cache: Path | None) -> dict[str, float]:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        losses = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("Ignoring unreadable validation loss cache %s: %s", cache, error)
+        return {}
+    return {k: float(v) for k, v in losses.items() if isinstance(v, (int, float))}
+
+
+def _write_losses(
+    cache: Path | None, losses: dict[str, float], new: dict[str, float]
+) -> None:
+    if cache is None:
+        return
+    losses.update(new)
+    # Only the latest models come back as parents.
+    kept = dict(list(losses.items())[-MAX_CACHED_LOSSES:])
+    cache.write_text(json.dumps(kept))
 
 
 def _sign(ledger: Ledger, key: ValidatorKey, record: ConfigRecord) -> dict[str, object]:

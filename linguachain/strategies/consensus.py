@@ -392,8 +392,9 @@ class ConsensusDriver:
 
         if not has_quorum(context.params, yes_stake, total):
             if not sign_with_vote:
-                # Nobody signed, so the height is free for another block. After
-                # signatures came with the votes, the same block is offered again.
+                # No validator signed, so the height is free for another block.
+                # After signatures came with the votes, the same block is offered
+                # again.
                 self.pending_path.unlink(missing_ok=True)
             reason = "; ".join(reasons) or "validators did not reply"
             logger.warning(
