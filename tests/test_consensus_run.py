@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,4 +237,26 @@ def test_resume_after_kills(micro_overrides, tmp_path):
         replica = Ledger.open(path)
         assert replica.head().hash == report.head_hash, path
         replica.close()
+    ledger.close()
+
+
+def test_resume_writes_missing_metrics_row(gated_run, micro_overrides, tmp_path):
+    # A server killed after a round's blocks became final but before it wrote
+    # the round's metrics row: the restarted run writes that row once.
+    folder, _ = gated_run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    lost = json.loads(lines[-1])
+    (copy / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+
+    run_job(nest_dotted_keys(micro_overrides), copy)
+    rows = read_metrics(copy)
+    assert [row["round"] for row in rows] == [json.loads(line)["round"] for line in lines]
+    assert rows[-1]["resumed"] is True
+    assert rows[-1]["committed"] is True
+    assert rows[-1]["model_hash"] == lost["model_hash"]
+    ledger = Ledger.open(copy / "ledger.db")
+    assert ledger.verify().valid
+    assert ledger.context().last_round == lost["round"]
     ledger.close()

@@ -166,12 +166,17 @@ class RoundCommitter:
             outcome = self.consensus.outcomes.get(server_round)
             committed = outcome is not None and outcome.status == "accepted"
             if server_round == 0 and offset:
-                # Resumed run: round 0 is the last final model, already logged.
+                # Resumed run: round 0 is the last final model, logged before
+                # unless the server was killed between its final blocks and its
+                # metrics row. Then the row is written now, without timings.
                 self.model_hash = model_hash
-                self.history.append(
-                    {"round": offset, **metrics, "nodes": 0, "committed": False,
-                     "model_hash": model_hash}
-                )
+                row = {"round": offset, **metrics, "nodes": 0, "committed": False,
+                       "model_hash": model_hash}
+                logged = {logged_row.get("round") for logged_row in self.folder.read_metrics()}
+                if offset not in logged:
+                    logger.info("Resume: writing the missing metrics row of round %d", offset)
+                    self.folder.append_metrics({**row, "committed": True, "resumed": True})
+                self.history.append(row)
                 return MetricRecord({"test-loss": result.loss})
         elif server_round == 0:
             self.ledger.append_block(
