@@ -622,8 +622,8 @@ def check_aggregation(config: RunConfig) -> None:
     if name == "norm_bound" and scheme == "paillier":
         # NOTE: Paillier cannot multiply two ciphertexts, so the server cannot
         # compute |x_i|^2. A sound Paillier variant needs a protocol in which the
-        # committee sees only a masked update, for example a norm proof from the
-        # node or a mask the server removes; it is not built.
+        # committee decrypts only a masked update, for example with a norm proof
+        # from the node or a mask the server removes. No such protocol is built.
         raise ConfigError(
             "Invalid aggregation: norm_bound over ciphertexts squares each update,"
             " which secure_aggregation.scheme='paillier' cannot do. Set"

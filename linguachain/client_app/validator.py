@@ -104,7 +104,9 @@ def handle_query(
         if action == "propose":
             result = _propose(ledger, key, record)
         elif action == "validate":
-            result = _vote(ledger, msg, context, record, model_loss, tolerance)
+            result = _vote(
+                ledger, key, ledger_url, msg, context, record, model_loss, tolerance
+            )
         elif action == "sign":
             result = _sign(ledger, key, record)
         head = ledger.head()
@@ -130,6 +132,8 @@ def _propose(ledger: Ledger, key: ValidatorKey, record: ConfigRecord) -> dict[st
 
 def _vote(
     ledger: Ledger,
+    key: ValidatorKey,
+    ledger_url: str,
     msg: Message,
     context: Context,
     record: ConfigRecord,
@@ -141,7 +145,6 @@ def _vote(
     try:
         validate_proposal(chain, block)
         if block.kind == "version":
-            _, ledger_url = _paths(msg, context)
             cache = None if "://" in ledger_url else Path(ledger_url).with_name(LOSS_CACHE)
             _check_model(
                 msg, context, block, chain.model_hash, model_loss, tolerance, cache
@@ -153,11 +156,10 @@ def _vote(
     if record.get("sign") == "yes":
         # The server requests the signature with the vote for blocks that need
         # no judgement by validators (every kind but version blocks).
-        key_path, _ = _paths(msg, context)
         try:
-            signature = _sign(ledger, read_validator_key(key_path), record)
+            signature = _sign_approved(ledger, key, block)
         except ValueError as error:
-            logger.warning("Did not sign block %d: %s", block.height, error)
+            logger.warning("Signing block %d failed: %s", block.height, error)
             return {"accept": False, "reason": str(error)}
         return {"accept": True, "reason": "", **signature}
     return {"accept": True, "reason": ""}
@@ -223,8 +225,12 @@ def _write_losses(
 
 def _sign(ledger: Ledger, key: ValidatorKey, record: ConfigRecord) -> dict[str, object]:
     block = _proposal(record)
-    chain = ledger.context()
-    validate_proposal(chain, block)
+    validate_proposal(ledger.context(), block)
+    return _sign_approved(ledger, key, block)
+
+
+def _sign_approved(ledger: Ledger, key: ValidatorKey, block: Block) -> dict[str, object]:
+    """Sign a block this node voted for, unless it signed another at that height."""
     if not ledger.is_approved(block.hash):
         raise ValueError(f"block {block.height} was not approved by this node's vote")
     if not ledger.record_signature(block.height, block.hash):

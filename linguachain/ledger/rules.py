@@ -545,7 +545,7 @@ def check_attestation(
 
 
 def check_signer_quorum(context: ChainContext, block: Block) -> list[str]:
-    """Check the signer list is sorted, distinct, staked and holds the quorum."""
+    """Check the signer list is sorted, distinct and staked, and reaches the quorum."""
     height = block.height
     try:
         signers = block_signers(block)

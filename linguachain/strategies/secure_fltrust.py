@@ -27,35 +27,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
 
 from linguachain.privacy import fltrust
 from linguachain.privacy.errors import InvalidCiphertextError
-from linguachain.privacy.records import (
-    DECRYPT_SCORES_MESSAGE_TYPE,
-    FLTRUST_SUM_KIND,
-    SCORES_KEY,
-    update_from_content,
-)
+from linguachain.privacy.records import FLTRUST_SUM_KIND, update_from_content
 from linguachain.privacy.secure_sum import CKKSAggregator
 from linguachain.privacy.updates import Weights, flat_vector
 from linguachain.strategies.recording import RoundRecorder
 from linguachain.strategies.screening import RoundReport, content_node_key
-from linguachain.strategies.secure_fedavg import (
-    CommitteeRequest,
-    LoadedReply,
-    RoundRejectedError,
-    SecureAggregator,
-)
+from linguachain.strategies.secure_fedavg import LoadedReply, RoundRejectedError
+from linguachain.strategies.secure_scalars import SecureScalarAggregator
 
 logger = logging.getLogger(__name__)
 
 
-class SecureFLTrust(SecureAggregator):
+class SecureFLTrust(SecureScalarAggregator):
     """FLTrust over CKKS ciphertexts; see the module docstring."""
 
     ciphertext_kind = FLTRUST_SUM_KIND
@@ -63,22 +53,6 @@ class SecureFLTrust(SecureAggregator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reference_fn: Callable[[Weights], Weights] | None = None
-
-    def load_replies(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> list[LoadedReply]:
-        """Validate the replies and give each rejected node a trust score of 0."""
-        replies = list(replies)
-        loaded = super().load_replies(server_round, replies)
-        report = self.round_reports[server_round] = RoundReport()
-        valid = {reply.node_id for reply in loaded}
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            if node_id not in valid:
-                key = content_node_key(reply.content, node_id)
-                report.rejected[key] = "invalid encrypted reply"
-                report.scores[key] = 0.0
-        return loaded
 
     def sum_replies(self, server_round: int, loaded: list[LoadedReply]) -> list[bytes]:
         """Score each encrypted update against r and return the trust-weighted sum."""
@@ -108,18 +82,6 @@ class SecureFLTrust(SecureAggregator):
             raise RoundRejectedError("every FLTrust trust score is 0")
         return fltrust.weighted_sum(self.cipher.context, chunk_lists, outcome.weights)
 
-    def decrypt_sum(
-        self,
-        server_round: int,
-        summed: list[bytes],
-        total_weight: int,
-        num_replies: int,
-    ) -> np.ndarray:
-        """Have the key committee decrypt the trust-weighted sum, already an average."""
-        # The trust weights divide by the sum of trust scores, so the decrypted
-        # sum is the update and the divisor is 1, not the total block weight.
-        return super().decrypt_sum(server_round, summed, 1, num_replies)
-
     def _reference(self) -> np.ndarray:
         """Return the server's root-set update r, flat in the global model's order."""
         if self.reference_fn is None or self._global_arrays is None:
@@ -136,30 +98,18 @@ class SecureFLTrust(SecureAggregator):
     def _decrypt_scores(
         self, server_round: int, scores: list[fltrust.EncryptedScore]
     ) -> list[tuple[float, float]]:
-        """Have the key committee decrypt the scalars and check that they agree."""
-        assert self.cipher is not None
+        """Have the key committee decrypt <x_i, r> and |x_i|^2 of every node."""
         ciphertexts = [
             blob
             for score in scores
             for blob in (score.inner_product, score.squared_norm)
         ]
-        values = self.committee_decrypt(
+        values = self.decrypt_node_scalars(
             server_round,
-            CommitteeRequest(
-                message_type=DECRYPT_SCORES_MESSAGE_TYPE,
-                fields={
-                    "scheme": self.cipher.scheme,
-                    "server-round": server_round,
-                    "key-fingerprint": self.cipher.fingerprint,
-                    "num-scores": len(scores),
-                },
-                ciphertexts=ciphertexts,
-                result_key=SCORES_KEY,
-                shape=(len(scores), 2),
-                description=f"the FLTrust scores of {len(scores)} nodes",
-                noun="FLTrust score decryption",
-                relative=True,
-            ),
+            ciphertexts,
+            per_node=2,
+            description=f"the FLTrust scores of {len(scores)} nodes",
+            noun="FLTrust score decryption",
         )
         return [(float(inner), float(square)) for inner, square in values]
 

@@ -27,35 +27,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-from flwr.app import Message
 
 from linguachain.privacy import fltrust, norm_bound
 from linguachain.privacy.errors import InvalidCiphertextError
-from linguachain.privacy.records import (
-    DECRYPT_SCORES_MESSAGE_TYPE,
-    SCALARS_PER_NODE_KEY,
-    SCALED_SUM_KIND,
-    SCORES_KEY,
-    update_from_content,
-)
+from linguachain.privacy.records import SCALED_SUM_KIND, update_from_content
 from linguachain.privacy.secure_sum import CKKSAggregator
 from linguachain.strategies.recording import RoundRecorder
-from linguachain.strategies.screening import RoundReport, content_node_key
-from linguachain.strategies.secure_fedavg import (
-    CommitteeRequest,
-    LoadedReply,
-    RoundRejectedError,
-    SecureAggregator,
-)
+from linguachain.strategies.screening import content_node_key
+from linguachain.strategies.secure_fedavg import LoadedReply, RoundRejectedError
+from linguachain.strategies.secure_scalars import SecureScalarAggregator
 
 logger = logging.getLogger(__name__)
 
 
-class SecureNormBound(SecureAggregator):
+class SecureNormBound(SecureScalarAggregator):
     """FedAvg of norm-bounded updates over CKKS; see the module docstring."""
 
     ciphertext_kind = SCALED_SUM_KIND
@@ -65,22 +52,6 @@ class SecureNormBound(SecureAggregator):
         # aggregation.norm_bound (0: the round's median norm) and max_update_norm.
         self.norm_bound = 0.0
         self.max_update_norm = 0.0
-
-    def load_replies(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> list[LoadedReply]:
-        """Validate the replies and record each rejected node with a score of 0."""
-        replies = list(replies)
-        loaded = super().load_replies(server_round, replies)
-        report = self.round_reports[server_round] = RoundReport()
-        valid = {reply.node_id for reply in loaded}
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            if node_id not in valid:
-                key = content_node_key(reply.content, node_id)
-                report.rejected[key] = "invalid encrypted reply"
-                report.scores[key] = 0.0
-        return loaded
 
     def sum_replies(self, server_round: int, loaded: list[LoadedReply]) -> list[bytes]:
         """Clip every encrypted update to the round's bound and return their average."""
@@ -131,17 +102,6 @@ class SecureNormBound(SecureAggregator):
             self.cipher.context, [chunk_lists[i] for i in kept_indices], weights
         )
 
-    def decrypt_sum(
-        self,
-        server_round: int,
-        summed: list[bytes],
-        total_weight: int,
-        num_replies: int,
-    ) -> np.ndarray:
-        """Have the key committee decrypt the clipped average, already divided."""
-        # clip_weights divides by the total block weight, so the divisor is 1.
-        return super().decrypt_sum(server_round, summed, 1, num_replies)
-
     def _screen_norms(
         self, server_round: int, loaded: list[LoadedReply], norms: list[float]
     ) -> list[int]:
@@ -173,25 +133,12 @@ class SecureNormBound(SecureAggregator):
         self, server_round: int, squares: list[bytes]
     ) -> list[float]:
         """Have the key committee decrypt one squared norm per node."""
-        assert self.cipher is not None
-        values = self.committee_decrypt(
+        values = self.decrypt_node_scalars(
             server_round,
-            CommitteeRequest(
-                message_type=DECRYPT_SCORES_MESSAGE_TYPE,
-                fields={
-                    "scheme": self.cipher.scheme,
-                    "server-round": server_round,
-                    "key-fingerprint": self.cipher.fingerprint,
-                    "num-scores": len(squares),
-                    SCALARS_PER_NODE_KEY: 1,
-                },
-                ciphertexts=squares,
-                result_key=SCORES_KEY,
-                shape=(len(squares), 1),
-                description=f"the squared update norms of {len(squares)} nodes",
-                noun="norm decryption",
-                relative=True,
-            ),
+            squares,
+            per_node=1,
+            description=f"the squared update norms of {len(squares)} nodes",
+            noun="norm decryption",
         )
         return [float(value) for value in values[:, 0]]
 

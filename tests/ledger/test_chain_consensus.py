@@ -405,9 +405,9 @@ def test_verify_reports_earliest_bad_signature(chain_copy, workers):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_verify_reports_forged_vdf_before_broken_link(chain_copy, workers):
-    # Block 1 gets another VDF output and a matching hash, so its own header
-    # checks pass and block 2's parent link breaks; the deferred VDF check of
-    # block 1 is the first failure.
+    # Block 1 gets another VDF output with a matching PoW and hash, so its own
+    # header checks pass and block 2's parent link breaks. The deferred VDF
+    # check of block 1 is then the first failure.
     ledger = Ledger.open(chain_copy)
     block = next(iter(ledger.blocks(since=1)))
     block.vdf_output = bytes([block.vdf_output[0] ^ 1]) + block.vdf_output[1:]
