@@ -81,7 +81,8 @@ logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # `verify` hands deferred VDF and BLS checks to worker processes in chunks of this
-# many, and starts workers only for chains this long (starting one costs ~1 s).
+# many. It starts workers only for chains this long, because a spawned worker
+# imports the ledger modules first (an estimated second of start-up).
 VERIFY_CHUNK_CHECKS = 512
 PARALLEL_VERIFY_MIN_BLOCKS = 1000
 
