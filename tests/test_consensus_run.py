@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -201,14 +202,36 @@ def kill_when(process: subprocess.Popen, folder: Path, condition, timeout: float
         process.wait(timeout=60)
 
 
+def freeze_at_line(process: subprocess.Popen, log: Path, pattern: str, timeout: float) -> None:
+    """SIGSTOP the server's process group as soon as its log matches `pattern`.
+
+    The window between two blocks is one Flower exchange (a few tenths of a
+    second), too short for polling the ledger, so the log is read every 10 ms.
+    """
+    end = time.time() + timeout
+    regex = re.compile(pattern)
+    while time.time() < end:
+        if regex.search(log.read_text(errors="replace")):
+            os.killpg(process.pid, signal.SIGSTOP)
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before its log matched {pattern!r}")
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    pytest.fail(f"the log did not match {pattern!r} within {timeout:.0f} s")
+
+
 def test_resume_after_kills(micro_overrides, tmp_path):
     folder = tmp_path / "run"
     overrides = small_run(micro_overrides, **{"train.rounds": 3, "train.local_steps": 2})
 
     # Kill 1, mid-round: round 1's version block is final, its data block is not.
-    first = start_server(overrides, folder, tmp_path / "first.log")
+    first_log = tmp_path / "first.log"
+    first = start_server(overrides, folder, first_log)
+    freeze_at_line(first, first_log, r"Block \d+ \(data\): proposed", timeout=900)
     kill_when(first, folder, lambda l: l.head() is not None and l.head().kind == "version",
-              timeout=900)
+              timeout=60)
 
     # Kill 2, between rounds: once round 2 is closed.
     second = start_server(overrides, folder, tmp_path / "second.log")

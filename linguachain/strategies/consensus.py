@@ -380,6 +380,10 @@ class ConsensusDriver:
         proposal = blocks_to_json([proved])
         sign_with_vote = kind != "version"
         fields = {"proposal": proposal, "sign": "yes" if sign_with_vote else "no"}
+        logger.info(
+            "Block %d (%s): proposed by %s, sent to %d validators",
+            proved.height, kind, proved.proposer[:16], len(nodes),
+        )
         votes = self._send(grid, "validate", nodes, fields, records or {})
         stakes = context.accounts.stakes
         total = sum(stakes.values())
