@@ -64,7 +64,10 @@ def test_ckks_metrics_have_phases(ckks_run):
     for row in rows[1:]:
         assert row["committed"] is True
         assert row["nodes"] == 2
-        assert set(row["seconds"]) >= {"encrypt", "sum", "decrypt"}
+        assert set(row["seconds"]) == {"train", "aggregate", "evaluate", "ledger"}
+        assert set(row["subphase_seconds"]) >= {
+            "train.encrypt", "aggregate.sum", "aggregate.decrypt"
+        }
         assert 32 <= row["bytes_per_param"] <= 33
         assert row["rejected_replies"] == 0
     assert summary["ledger"]["valid"]
@@ -93,7 +96,9 @@ def test_paillier_run_commits(micro_overrides, tmp_path):
     assert rows[1]["committed"] is True
     assert rows[1]["nodes"] == 2
     assert rows[1]["bytes_per_param"] < 8
-    assert set(rows[1]["seconds"]) >= {"encrypt", "sum", "decrypt"}
+    assert set(rows[1]["subphase_seconds"]) >= {
+        "train.encrypt", "aggregate.sum", "aggregate.decrypt"
+    }
     assert summary["final_test_perplexity"] < summary["initial_test_perplexity"]
     share = json.loads(
         (tmp_path / "kits" / "node-0" / "paillier_key_share.json").read_text()

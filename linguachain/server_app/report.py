@@ -155,9 +155,14 @@ def render_report(run: RunData) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # Phases first, then their parts ("aggregate.sum"), which the phases include.
+    phase_rows = [
+        (row.get("round"), {**(row.get("seconds") or {}), **(row.get("subphase_seconds") or {})})
+        for row in run.metrics
+    ]
     phases: list[str] = []
-    for row in run.metrics:
-        phases += [name for name in (row.get("seconds") or {}) if name not in phases]
+    for _, seconds in phase_rows:
+        phases += [name for name in seconds if name not in phases]
     plots = {
         "perplexity": to_base64_png(perplexity_figure(run.metrics)),
         "loss": to_base64_png(loss_figure(run.metrics)),
@@ -168,6 +173,7 @@ def render_report(run: RunData) -> str:
         summary_rows=summary_rows(run),
         plots=plots,
         phases=phases,
+        phase_rows=phase_rows,
         node_sections=node_sections(run),
         fmt=format_number,
         utc=format_utc,

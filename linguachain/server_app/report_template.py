@@ -84,9 +84,9 @@ REPORT_TEMPLATE = """<!DOCTYPE html>
 <div class="plots"><img alt="seconds per phase and round" src="data:image/png;base64,{{ plots.phases }}"></div>
 <table>
   <tr><th>round</th>{% for phase in phases %}<th>{{ phase }} (s)</th>{% endfor %}</tr>
-  {% for row in run.metrics %}
-  <tr><td class="num">{{ row.round }}</td>
-    {% for phase in phases %}<td class="num">{{ fmt((row.seconds or {}).get(phase)) }}</td>{% endfor %}</tr>
+  {% for round, seconds in phase_rows %}
+  <tr><td class="num">{{ round }}</td>
+    {% for phase in phases %}<td class="num">{{ fmt(seconds.get(phase)) }}</td>{% endfor %}</tr>
   {% endfor %}
 </table>
 

@@ -214,8 +214,9 @@ class RoundCommitter:
                 "aggregate": stats.aggregate_seconds if stats else 0.0,
                 "evaluate": evaluate_seconds,
                 "ledger": ledger_seconds,
-                **(stats.phase_seconds if stats else {}),
             },
+            # Parts of the phases above, so not added to the round's time.
+            "subphase_seconds": dict(stats.phase_seconds) if stats else {},
             **(stats.extra if stats else {}),
         }
         if outcome is not None:

@@ -42,8 +42,9 @@ class RoundStats:
     # Training examples (tokens) each kept reply reported, by node id.
     node_examples: dict[int, int] = field(default_factory=dict)
     error_reasons: list[str] = field(default_factory=list)
-    # Seconds of further phases (secure aggregation: encrypt, sum, decrypt),
-    # written into the "seconds" of the round's metrics line.
+    # Seconds of parts of the train and aggregate phases, named "<phase>.<part>"
+    # ("train.encrypt" is the mean over nodes), written into the metrics line's
+    # "subphase_seconds".
     phase_seconds: dict[str, float] = field(default_factory=dict)
     # Further values for the round's metrics line (bytes_per_param, ...).
     extra: dict[str, Any] = field(default_factory=dict)

@@ -231,12 +231,12 @@ class SecureAggregator(FedAvg):
         try:
             started = time.perf_counter()
             summed = self.sum_replies(server_round, loaded)
-            stats.phase_seconds["sum"] = time.perf_counter() - started
+            stats.phase_seconds["aggregate.sum"] = time.perf_counter() - started
 
             started = time.perf_counter()
             total_weight = sum(reply.weight for reply in loaded)
             average = self.decrypt_sum(server_round, summed, total_weight, len(loaded))
-            stats.phase_seconds["decrypt"] = time.perf_counter() - started
+            stats.phase_seconds["aggregate.decrypt"] = time.perf_counter() - started
         except RoundRejectedError as error:
             if server_round in self._released:
                 self.account_privacy(server_round, loaded)
@@ -257,8 +257,8 @@ class SecureAggregator(FedAvg):
             len(loaded),
             self.cipher.scheme,
             stats.extra.get("bytes_per_param", 0.0),
-            stats.phase_seconds["sum"],
-            stats.phase_seconds["decrypt"],
+            stats.phase_seconds["aggregate.sum"],
+            stats.phase_seconds["aggregate.decrypt"],
         )
         return arrays, metrics
 
@@ -635,7 +635,7 @@ class SecureAggregator(FedAvg):
             )
             for r in loaded
         ]
-        stats.phase_seconds["encrypt"] = float(np.mean(seconds))
+        stats.phase_seconds["train.encrypt"] = float(np.mean(seconds))
         stats.extra["bytes_per_param"] = float(
             np.mean([reply.num_bytes for reply in loaded]) / length
         )

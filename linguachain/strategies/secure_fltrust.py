@@ -68,7 +68,7 @@ class SecureFLTrust(SecureScalarAggregator):
             ]
         except InvalidCiphertextError as error:
             raise RoundRejectedError(f"FLTrust scoring failed: {error}") from error
-        self._stats(server_round).phase_seconds["score"] = (
+        self._stats(server_round).phase_seconds["aggregate.score"] = (
             time.perf_counter() - started
         )
 

@@ -66,7 +66,7 @@ class SecureNormBound(SecureScalarAggregator):
             ]
         except InvalidCiphertextError as error:
             raise RoundRejectedError(f"norm computation failed: {error}") from error
-        self._stats(server_round).phase_seconds["score"] = (
+        self._stats(server_round).phase_seconds["aggregate.score"] = (
             time.perf_counter() - started
         )
 
