@@ -17,24 +17,32 @@ from flwr.app import (
     RecordDict,
 )
 
-from linguachain.client_app.validator import LOSS_CACHE, _check_model
-from linguachain.ledger.chain import new_block
+from linguachain.client_app.validator import (
+    LOSS_CACHE,
+    ParentMissingError,
+    _cache_committed_loss,
+    _check_model,
+)
+from linguachain.ledger.chain import Ledger, new_block
+from linguachain.ledger.consensus import genesis_payload
 from linguachain.ledger.hashing import hash_weights
 from linguachain.strategies.consensus import PARENT_RECORD
+from ledger.chain_helpers import PARAMS, validator_keys
 
 
 def _weights(value: float) -> dict[str, np.ndarray]:
     return {"w": np.full((3,), value, dtype=np.float32)}
 
 
-def _message(proposed: dict, parent: dict) -> Message:
+def _message(proposed: dict, parent: dict | None) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in proposed.items()}),
-            PARENT_RECORD: ArrayRecord({k: Array(v) for k, v in parent.items()}),
             "config": ConfigRecord({"consensus.validation_blocks": 16}),
         }
     )
+    if parent is not None:
+        content[PARENT_RECORD] = ArrayRecord({k: Array(v) for k, v in parent.items()})
     metadata = Metadata(
         run_id=1,
         message_id="m1",
@@ -67,7 +75,7 @@ def test_parent_loss_read_from_cache(tmp_path):
             0.05, cache,
         )
     # Round 1 evaluates both models; round 2 only the new one.
-    assert evaluated == [1.0, 0.0, 2.0]
+    assert evaluated == [0.0, 1.0, 2.0]
     assert len(json.loads(cache.read_text())) == 3
 
     # A proposal worse than the cached parent is still rejected.
@@ -79,3 +87,67 @@ def test_parent_loss_read_from_cache(tmp_path):
             0.05, cache,
         )
     assert evaluated[-1] == -1.0
+
+
+def test_committed_loss_cached_at_start(tmp_path):
+    evaluated = []
+
+    def loss(msg, context, arrays) -> float:
+        evaluated.append(float(arrays["w"].numpy()[0]))
+        return 4.0
+
+    genesis_model, proposed = _weights(0.0), _weights(1.0)
+    staked, unstaked = validator_keys(2)
+    ledger_path = tmp_path / "ledger.db"
+    ledger = Ledger.open(ledger_path)
+    payload = genesis_payload(
+        [(staked, 1_000, 0), (unstaked, 0, 10)], PARAMS,
+        {"model_hash": hash_weights(genesis_model)},
+    )
+    ledger.append(new_block(None, "genesis", payload, ""), check_signatures=False)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    start = _message(genesis_model, genesis_model)
+
+    # A node without stake votes on nothing, so it evaluates nothing.
+    _cache_committed_loss(ledger, unstaked, str(ledger_path), start, context, loss)
+    assert evaluated == []
+    # Weights that are not the committed model are not cached.
+    wrong = _message(proposed, proposed)
+    _cache_committed_loss(ledger, staked, str(ledger_path), wrong, context, loss)
+    assert evaluated == []
+    assert not (tmp_path / LOSS_CACHE).exists()
+
+    _cache_committed_loss(ledger, staked, str(ledger_path), start, context, loss)
+    assert evaluated == [0.0]
+    # The first vote then evaluates only the proposed model.
+    block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
+    _check_model(
+        _message(proposed, genesis_model), context, block, hash_weights(genesis_model),
+        loss, 0.05, tmp_path / LOSS_CACHE,
+    )
+    assert evaluated == [0.0, 1.0]
+    ledger.close()
+
+
+def test_parent_weights_needed_only_uncached(tmp_path):
+    def loss(msg, context, arrays) -> float:
+        return 5.0 - float(arrays["w"].numpy()[0])
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    cache = tmp_path / LOSS_CACHE
+    parent, proposed, later = _weights(0.0), _weights(1.0), _weights(2.0)
+    block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
+    with pytest.raises(ParentMissingError):
+        _check_model(
+            _message(proposed, None), context, block, hash_weights(parent), loss, 0.05,
+            cache,
+        )
+    _check_model(
+        _message(proposed, parent), context, block, hash_weights(parent), loss, 0.05,
+        cache,
+    )
+    # The proposal's loss is now cached, so it needs no weights as the next parent.
+    block = new_block(None, "version", {"model_hash": hash_weights(later)}, "")
+    _check_model(
+        _message(later, None), context, block, hash_weights(proposed), loss, 0.05, cache
+    )

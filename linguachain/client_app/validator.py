@@ -49,6 +49,10 @@ KIT_DIR_KEY = "secure_aggregation.kit_dir"
 LOSS_CACHE = "validation_losses.json"
 MAX_CACHED_LOSSES = 8
 
+class ParentMissingError(Exception):
+    """The vote needs the parent model's weights, which the message lacks."""
+
+
 # Computes a model's mean loss on the node's local held-back text, in nats.
 LossFn = Callable[[Message, Context, ArrayRecord], float]
 
@@ -109,8 +113,14 @@ def handle_query(
             )
         elif action == "sign":
             result = _sign(ledger, key, record)
+        elif action == "append" and PARENT_RECORD in msg.content:
+            _cache_committed_loss(ledger, key, ledger_url, msg, context, model_loss)
         head = ledger.head()
-        result.update({"account": key.account, "head": head.height if head else -1})
+        result.update({
+            "account": key.account,
+            "head": head.height if head else -1,
+            "losses": json.dumps(_cached_models(msg, ledger_url)),
+        })
     finally:
         ledger.close()
     return Message(RecordDict({CONSENSUS_RECORD: ConfigRecord(result)}), reply_to=msg)
@@ -149,6 +159,9 @@ def _vote(
             _check_model(
                 msg, context, block, chain.model_hash, model_loss, tolerance, cache
             )
+    except ParentMissingError as error:
+        logger.info("Block %d: %s", block.height, error)
+        return {"accept": False, "reason": str(error), "need-parent": True}
     except (InvalidBlockError, ValueError) as error:
         logger.warning("Rejected block %d: %s", block.height, error)
         return {"accept": False, "reason": str(error)}
@@ -176,29 +189,75 @@ def _check_model(
 ) -> None:
     payload = json.loads(block.payload)
     proposed: ArrayRecord = msg.content["arrays"]
-    parent: ArrayRecord = msg.content[PARENT_RECORD]
     if hash_weights({n: a.numpy() for n, a in proposed.items()}) != payload["model_hash"]:
         raise ValueError("the proposed weights do not hash to the block's model hash")
-    if hash_weights({n: a.numpy() for n, a in parent.items()}) != committed_hash:
-        raise ValueError("the parent weights are not the committed model")
     # A model proposed in one round is the parent in the next, so the loss this
-    # node computed for it then is read back instead of evaluated again.
-    blocks = str(msg.content["config"].get("consensus.validation_blocks", ""))
+    # node computed for it then is read back instead of evaluated again, and the
+    # server sends the parent's weights only to nodes that lack its loss.
+    started = time.perf_counter()
     losses = _read_losses(cache)
-    new_loss = model_loss(msg, context, proposed)
-    parent_loss = losses.get(f"{committed_hash}/{blocks}")
+    parent_loss = losses.get(_loss_key(msg, str(committed_hash)))
     if parent_loss is None:
+        if PARENT_RECORD not in msg.content:
+            raise ParentMissingError(
+                "no cached loss for the parent model and no parent weights sent"
+            )
+        parent: ArrayRecord = msg.content[PARENT_RECORD]
+        if hash_weights({n: a.numpy() for n, a in parent.items()}) != committed_hash:
+            raise ValueError("the parent weights are not the committed model")
         parent_loss = model_loss(msg, context, parent)
+    new_loss = model_loss(msg, context, proposed)
     _write_losses(cache, losses, {
-        f"{committed_hash}/{blocks}": parent_loss,
-        f"{payload['model_hash']}/{blocks}": new_loss,
+        _loss_key(msg, str(committed_hash)): parent_loss,
+        _loss_key(msg, payload["model_hash"]): new_loss,
     })
     if not math.isfinite(new_loss) or new_loss > parent_loss + tolerance:
         raise ValueError(
             f"local held-back loss {new_loss:.4f} exceeds the parent's {parent_loss:.4f}"
             f" by more than the tolerance {tolerance}"
         )
-    logger.info("Block %d: local loss %.4f -> %.4f", block.height, parent_loss, new_loss)
+    logger.info(
+        "Block %d: local loss %.4f -> %.4f (%.2f s)",
+        block.height, parent_loss, new_loss, time.perf_counter() - started,
+    )
+
+
+def _cache_committed_loss(
+    ledger: Ledger,
+    key: ValidatorKey,
+    ledger_url: str,
+    msg: Message,
+    context: Context,
+    model_loss: LossFn,
+) -> None:
+    """Evaluate the committed model once at start-up, so round 1's vote reads it back."""
+    chain = ledger.context()
+    if "://" in ledger_url or chain.accounts.stakes.get(key.account, 0) <= 0:
+        return
+    committed: ArrayRecord = msg.content[PARENT_RECORD]
+    if hash_weights({n: a.numpy() for n, a in committed.items()}) != chain.model_hash:
+        logger.warning("Not caching a loss: the weights sent are not the committed model")
+        return
+    cache = Path(ledger_url).with_name(LOSS_CACHE)
+    losses = _read_losses(cache)
+    if _loss_key(msg, chain.model_hash) not in losses:
+        loss = model_loss(msg, context, committed)
+        _write_losses(cache, losses, {_loss_key(msg, chain.model_hash): loss})
+
+
+def _cached_models(msg: Message, ledger_url: str) -> list[str]:
+    """Return the hashes of the models whose loss this node cached for this run."""
+    if "://" in ledger_url or "config" not in msg.content:
+        return []
+    suffix = _loss_key(msg, "")
+    losses = _read_losses(Path(ledger_url).with_name(LOSS_CACHE))
+    return [key.removesuffix(suffix) for key in losses if key.endswith(suffix)]
+
+
+def _loss_key(msg: Message, model_hash: str) -> str:
+    """Return the cache key of a model's loss on this run's validation blocks."""
+    blocks = str(msg.content["config"].get("consensus.validation_blocks", ""))
+    return f"{model_hash}/{blocks}"
 
 
 def _read_losses(cache: Path | None) -> dict[str, float]:

@@ -23,6 +23,7 @@ without any validator signing twice there.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from linguachain.config import RunConfig, flatten, parse_quorum
@@ -73,6 +74,9 @@ logger = logging.getLogger(__name__)
 CONSENSUS_RECORD = "consensus"
 PARENT_RECORD = "parent"
 NODE_DIR_PREFIX = "node-"
+# Intervals between pulls for the replies of a consensus query, in seconds.
+FIRST_PULL_SECONDS = 0.005
+MAX_PULL_SECONDS = 0.05
 
 
 @dataclass
@@ -123,6 +127,8 @@ class ConsensusDriver:
         self.pending_path = run_path / "pending_block.json"
         self.node_accounts: dict[int, str] = {}
         self.node_heads: dict[int, int] = {}
+        # Model hashes whose validation loss each node reported as cached.
+        self.node_losses: dict[int, set[str]] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
         self.round_offset = 0
         self.extra_records: dict[str, ConfigRecord] = {}
@@ -180,7 +186,9 @@ class ConsensusDriver:
                 f"The ledger {self.ledger.url} is an unattested chain: start a new run"
                 " folder or set consensus.enabled=false."
             )
-        self.sync(grid)
+        assert context.model_hash is not None
+        committed = load_weights(self.store, context.model_hash)
+        self.sync(grid, committed)
         context = self.ledger.context()
         last = context.last_version
         if last is not None and last["round"] > context.last_round:
@@ -188,8 +196,6 @@ class ConsensusDriver:
             logger.info("Resume: closing round %d, whose model is final", last["round"])
             version = self.ledger.block_at(last["height"])
             assert version is not None
-            import json
-
             commitments = json.loads(version.payload)["commitments"]
             self.run_block("data", data_payload(context, "accepted", "", commitments))
             context = self.ledger.context()
@@ -199,12 +205,20 @@ class ConsensusDriver:
                 "Resume: %d rounds closed, model %s", self.round_offset,
                 (context.model_hash or "")[:12],
             )
-        assert context.model_hash is not None
-        return load_weights(self.store, context.model_hash)
+        return committed
 
-    def sync(self, grid: Grid) -> None:
-        """Send every node the final blocks it lacks and learn its account."""
-        replies = self._send(grid, "append", list(grid.get_node_ids()), {})
+    def sync(self, grid: Grid, committed: dict | None = None) -> None:
+        """Send every node the final blocks it lacks and learn its account.
+
+        With `committed`, the weights of the committed model, validators also
+        evaluate it now, so the first vote of the run only evaluates the proposal.
+        """
+        records = {}
+        if committed is not None:
+            records[PARENT_RECORD] = ArrayRecord(
+                {name: Array(weights) for name, weights in committed.items()}
+            )
+        replies = self._send(grid, "append", list(grid.get_node_ids()), {}, records)
         missing = [n for n, r in replies.items() if r is None]
         if missing:
             logger.warning("Nodes %s did not confirm their ledger copies", missing)
@@ -384,7 +398,7 @@ class ConsensusDriver:
             "Block %d (%s): proposed by %s, sent to %d validators",
             proved.height, kind, proved.proposer[:16], len(nodes),
         )
-        votes = self._send(grid, "validate", nodes, fields, records or {})
+        votes = self._vote(grid, context.model_hash, nodes, fields, records or {})
         stakes = context.accounts.stakes
         total = sum(stakes.values())
         yes = [n for n, r in votes.items() if r is not None and r.get("accept")]
@@ -434,8 +448,6 @@ class ConsensusDriver:
         """Return the saved proposal if it is this template, proved."""
         if not self.pending_path.is_file():
             return None
-        import json
-
         pending = block_from_dict(json.loads(self.pending_path.read_text())[0])
         same = all(
             getattr(pending, name) == getattr(template, name)
@@ -460,8 +472,6 @@ class ConsensusDriver:
         proved = None
         for reply in replies.values():
             if reply is not None and reply.get("block"):
-                import json
-
                 proved = block_from_dict(json.loads(reply["block"]))
         if proved is None or proved.payload != template.payload:
             # NOTE: the server proves on behalf of a drawn proposer that did not
@@ -473,6 +483,35 @@ class ConsensusDriver:
         self._vdf_seconds += time.perf_counter() - started
         return proved
 
+    def _vote(
+        self,
+        grid: Grid,
+        committed_hash: str | None,
+        nodes: list[int],
+        fields: dict[str, str],
+        records: dict[str, Any],
+    ) -> dict[int, dict[str, Any] | None]:
+        """Send `query.validate`, with the parent weights only where they are needed.
+
+        A validator needs the parent model only to evaluate it, which it skips
+        when it reported the parent's loss as cached. One that lost its cache
+        replies `need-parent` and gets the proposal again with the parent.
+        """
+        if PARENT_RECORD not in records:
+            return self._send(grid, "validate", nodes, fields, records)
+        without_parent = {k: v for k, v in records.items() if k != PARENT_RECORD}
+        node_records = {
+            node: without_parent
+            for node in nodes
+            if committed_hash in self.node_losses.get(node, set())
+        }
+        votes = self._send(grid, "validate", nodes, fields, records, node_records)
+        retry = [n for n, vote in votes.items() if vote and vote.get("need-parent")]
+        if retry:
+            logger.info("Sending the parent weights again to nodes %s", retry)
+            votes.update(self._send(grid, "validate", retry, fields, records))
+        return votes
+
     def _send(
         self,
         grid: Grid,
@@ -480,8 +519,12 @@ class ConsensusDriver:
         node_ids: list[int],
         fields: dict[str, str],
         records: dict[str, Any] | None = None,
+        node_records: dict[int, dict[str, Any]] | None = None,
     ) -> dict[int, dict[str, Any] | None]:
-        """Send one query to each node and return its consensus reply fields."""
+        """Send one query to each node and return its consensus reply fields.
+
+        `node_records` replaces `records` for the nodes it names.
+        """
         if not node_ids:
             return {}
         messages = []
@@ -496,7 +539,7 @@ class ConsensusDriver:
                     ),
                     "config": ConfigRecord(flatten(self.config)),
                     **self.extra_records,
-                    **(records or {}),
+                    **(node_records or {}).get(node_id, records or {}),
                 }
             )
             messages.append(
@@ -504,9 +547,7 @@ class ConsensusDriver:
             )
         replies: dict[int, dict[str, Any] | None] = {n: None for n in node_ids}
         started = time.perf_counter()
-        received = list(
-            grid.send_and_receive(messages, timeout=self.config.consensus.timeout)
-        )
+        received = send_and_receive(grid, messages, self.config.consensus.timeout)
         logger.info(
             "query.%s: %d of %d nodes replied in %.2f s",
             action, len(received), len(node_ids), time.perf_counter() - started,
@@ -520,6 +561,7 @@ class ConsensusDriver:
             values = dict(reply.content[CONSENSUS_RECORD])
             self.node_accounts[node_id] = str(values["account"])
             self.node_heads[node_id] = int(values["head"])
+            self.node_losses[node_id] = set(json.loads(str(values.get("losses", "[]"))))
             replies[node_id] = values
         return replies
 
@@ -557,6 +599,30 @@ class ConsensusGate:
             report.as_metrics() if report is not None else None,
         )
         return decided, metrics
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Push `messages` and pull their replies until all arrived or `timeout` seconds passed.
+
+    Flower 1.42's `Grid.send_and_receive` pulls every 0.1 s in simulation and
+    every 3 s in deployment. Most consensus replies come within tenths of a
+    second, so this pulls after 5 ms first and grows the interval by half up to
+    50 ms.
+    """
+    pending = set(grid.push_messages(messages))
+    end = time.monotonic() + timeout
+    interval = FIRST_PULL_SECONDS
+    replies: list[Message] = []
+    while pending:
+        received = list(grid.pull_messages(pending))
+        replies.extend(received)
+        pending.difference_update(reply.metadata.reply_to_message_id for reply in received)
+        left = end - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(interval, left))
+        interval = min(1.5 * interval, MAX_PULL_SECONDS)
+    return replies
 
 
 def commitment_score(score: float | None) -> float:
