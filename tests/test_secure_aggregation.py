@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,6 +53,7 @@ from linguachain.privacy.records import (
     update_to_records,
 )
 from linguachain.strategies.recording import build_strategy
+from linguachain.strategies.screening import content_node_key
 
 BLOCK = 128
 NODE_IDS = [101, 102, 103]
@@ -401,6 +403,13 @@ def test_ckks_malformed_reply_dropped(kit_dir, other_kit_dir, case):
     np.testing.assert_allclose(
         new_update(result), expected_average(NODE_IDS[1:]), rtol=1e-6, atol=1e-9
     )
+    # The rejected update scores 0 and is committed by the hash of its bytes.
+    report = strategy.round_reports[1]
+    key = content_node_key(bad.content, 101)
+    assert report.scores == {key: 0.0}
+    assert reason in report.rejected[key]
+    assert re.fullmatch("[0-9a-f]{64}", strategy.rejected_updates[1][101])
+    assert set(strategy.commitments[1]) == set(NODE_IDS[1:])
 
 
 def test_token_count_must_match_metrics(kit_dir):

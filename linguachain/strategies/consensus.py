@@ -316,8 +316,6 @@ class ConsensusDriver:
         commitments = []
         for reply in replies:
             node_id = reply.metadata.src_node_id
-            # NOTE: an encrypted reply that failed validation gets no commitment,
-            # so it neither earns nor extends the node's zero-score streak.
             if reply.has_error() or (encrypted is not None and node_id not in encrypted):
                 continue
             account = self.node_accounts.get(node_id)
@@ -586,8 +584,12 @@ class ConsensusGate:
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         if self.consensus is None:
             return arrays, metrics
-        # Secure aggregation records a commitment per summed encrypted update.
+        # Secure aggregation records a commitment per summed encrypted update,
+        # and the hash of each rejected one, which the round report scores 0.
         encrypted = getattr(self, "commitments", {}).get(server_round)
+        if encrypted is not None:
+            rejected = getattr(self, "rejected_updates", {}).get(server_round, {})
+            encrypted = {**rejected, **encrypted}
         report = getattr(self, "round_reports", {}).get(server_round)
         decided = self.consensus.decide(
             server_round,

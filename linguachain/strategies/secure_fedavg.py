@@ -22,6 +22,7 @@ A rejected round returns no arrays, so Flower keeps the global model unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -144,6 +145,8 @@ class SecureAggregator(FedAvg):
             self.set_cipher(cipher, self.settings, block_size, decrypt_timeout)
         # SHA-256 commitments of the aggregated replies per round, by node id.
         self.commitments: dict[int, dict[int, str]] = {}
+        # SHA-256 of the rejected replies' array bytes per round, by node id.
+        self.rejected_updates: dict[int, dict[int, str]] = {}
         # Robustness scores and privacy spent per round, for metrics and ledger.
         self.round_reports: dict[int, RoundReport] = {}
         self.privacy: PrivacyAccounting | None = None
@@ -301,6 +304,14 @@ class SecureAggregator(FedAvg):
             except (InvalidCiphertextError, ValueError) as error:
                 reason = f"node {node_id}: {error}"
                 self._stats(server_round).error_reasons.append(reason)
+                # A rejected update scores 0: it earns no reward and extends the
+                # node's zero-score streak, as a screened-out plaintext update does.
+                key = content_node_key(reply.content, node_id)
+                report = self.round_reports.setdefault(server_round, RoundReport())
+                report.rejected[key] = str(error)
+                report.scores[key] = 0.0
+                rejected = self.rejected_updates.setdefault(server_round, {})
+                rejected[node_id] = reply_arrays_hash(reply)
                 logger.warning(
                     "Round %d: rejected the encrypted reply of node %d: %s",
                     server_round,
@@ -727,3 +738,13 @@ def build_secure_strategy(config: RunConfig, common: dict[str, Any]) -> RoundRec
     )
     strategy.configure_privacy(config)
     return strategy
+
+
+def reply_arrays_hash(reply: Message) -> str:
+    """Return the SHA-256 over the names and bytes of every array in a reply."""
+    digest = hashlib.sha256()
+    for record_name, record in sorted(reply.content.array_records.items()):
+        for array_name, array in record.items():
+            digest.update(f"{record_name}/{array_name}".encode())
+            digest.update(array.data)
+    return digest.hexdigest()
