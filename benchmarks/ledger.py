@@ -62,7 +62,7 @@ from report import replace_section  # noqa: E402
 
 PARAMS = ConsensusParams(vdf_iterations=100, pow_difficulty_bits=4)
 BATCH = 500
-MACHINE = "2-core CPU, shared with other work"
+MACHINE = "2-core CPU"
 
 
 def keys(count: int):  # type: ignore[no-untyped-def]
