@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -119,21 +120,25 @@ class InProcessGrid:
     def get_node_ids(self) -> list[int]:
         return list(NODE_IDS)
 
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        """Run each node's handler now and keep its reply for `pull_messages`."""
+        self.replies: dict[str, Message] = {}
         for message in messages:
+            # Flower's grids assign message ids on push the same way.
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             node_id = message.metadata.dst_node_id
             self.requests.append(node_id)
             if node_id in self.failing:
-                replies.append(
-                    Message(Error(code=1, reason="node offline"), reply_to=message)
-                )
-                continue
-            reply = handle_decrypt(message, node_context(node_id))
-            if node_id in self.tampering:
-                tamper(reply)
-            replies.append(reply)
-        return replies
+                reply = Message(Error(code=1, reason="node offline"), reply_to=message)
+            else:
+                reply = handle_decrypt(message, node_context(node_id))
+                if node_id in self.tampering:
+                    tamper(reply)
+            self.replies[message.metadata.message_id] = reply
+        return list(self.replies)
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
 def tamper(reply: Message) -> None:

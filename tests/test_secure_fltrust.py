@@ -8,6 +8,7 @@ transport: it calls the handler of each addressed node in this process.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -97,17 +98,24 @@ class InProcessGrid:
     def get_node_ids(self) -> list[int]:
         return list(NODE_IDS)
 
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        """Run each node's handler now and keep its reply for `pull_messages`."""
+        self.replies: dict[str, Message] = {}
         for message in messages:
+            # Flower's grids assign message ids on push the same way.
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             node_id = message.metadata.dst_node_id
             message_type = message.metadata.message_type
             self.requests.append((message_type, node_id))
             if message_type == DECRYPT_SCORES_MESSAGE_TYPE:
-                replies.append(handle_decrypt_scores(message, node_context(node_id)))
+                reply = handle_decrypt_scores(message, node_context(node_id))
             else:
-                replies.append(handle_decrypt(message, node_context(node_id)))
-        return replies
+                reply = handle_decrypt(message, node_context(node_id))
+            self.replies[message.metadata.message_id] = reply
+        return list(self.replies)
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
 def global_weights() -> OrderedDict[str, np.ndarray]:

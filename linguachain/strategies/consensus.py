@@ -66,6 +66,7 @@ from linguachain.ledger.rules import (
 )
 from linguachain.ledger.store import load_weights, save_weights
 from linguachain.privacy.kits import SERVER_DIR
+from linguachain.strategies.exchange import send_and_receive
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY
 from linguachain.strategies.screening import node_key
 
@@ -74,9 +75,6 @@ logger = logging.getLogger(__name__)
 CONSENSUS_RECORD = "consensus"
 PARENT_RECORD = "parent"
 NODE_DIR_PREFIX = "node-"
-# Intervals between pulls for the replies of a consensus query, in seconds.
-FIRST_PULL_SECONDS = 0.005
-MAX_PULL_SECONDS = 0.05
 
 
 @dataclass
@@ -601,30 +599,6 @@ class ConsensusGate:
             report.as_metrics() if report is not None else None,
         )
         return decided, metrics
-
-
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """Push `messages` and pull their replies until all arrived or `timeout` seconds passed.
-
-    Flower 1.42's `Grid.send_and_receive` pulls every 0.1 s in simulation and
-    every 3 s in deployment. Most consensus replies come within tenths of a
-    second, so this pulls after 5 ms first and grows the interval by half up to
-    50 ms.
-    """
-    pending = set(grid.push_messages(messages))
-    end = time.monotonic() + timeout
-    interval = FIRST_PULL_SECONDS
-    replies: list[Message] = []
-    while pending:
-        received = list(grid.pull_messages(pending))
-        replies.extend(received)
-        pending.difference_update(reply.metadata.reply_to_message_id for reply in received)
-        left = end - time.monotonic()
-        if not pending or left <= 0:
-            break
-        time.sleep(min(interval, left))
-        interval = min(1.5 * interval, MAX_PULL_SECONDS)
-    return replies
 
 
 def commitment_score(score: float | None) -> float:

@@ -72,6 +72,7 @@ from linguachain.privacy.secure_sum import (
     aggregation_weight,
 )
 from linguachain.privacy.threshold import PartialDecryption, verify_partial_decryption
+from linguachain.strategies.exchange import send_and_receive
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY, RoundRecorder, RoundStats
 from linguachain.strategies.screening import (
     SAMPLED_NODES_KEY,
@@ -595,7 +596,7 @@ class SecureAggregator(FedAvg):
             request.description,
             node_ids,
         )
-        return list(self._grid.send_and_receive(messages, timeout=self.decrypt_timeout))
+        return send_and_receive(self._grid, messages, self.decrypt_timeout)
 
     def _committee(self, size: int | None) -> list[int]:
         """Return the first `size` connected nodes (all of them for None)."""
