@@ -1,7 +1,9 @@
 """Query exchanges with nodes that pull replies sooner than Flower's default.
 
-Flower 1.42's `Grid.send_and_receive` pulls every 0.1 s in simulation
-(`InMemoryGrid.pull_interval`) and every 3 s in deployment (`HttpGrid`).
+Flower 1.42's `Grid.send_and_receive` pulls every 0.1 s under
+`run_simulation` (`InMemoryGrid.pull_interval`) and every 3 s in a ServerApp
+that a SuperLink runs (`HttpGrid`), which is what `flwr run` uses in
+simulation and in deployment alike.
 Consensus and decryption replies mostly come within tenths of a second, so
 `send_and_receive` here pulls after 5 ms first and grows the interval by half,
 up to 50 ms, through the same public `push_messages` and `pull_messages` calls.
