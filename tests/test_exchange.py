@@ -51,3 +51,13 @@ def test_no_timeout_waits_for_every_reply():
     grid = SlowGrid(count=2, delay=12)
     replies = exchange.send_and_receive(grid, [], timeout=None)
     assert len(replies) == 2
+
+
+def test_wrapped_grid_pulls_quickly():
+    grid = SlowGrid(count=2, delay=3)
+    grid.get_node_ids = lambda: [7, 8]
+    wrapped = exchange.QuickPullGrid(grid)
+    assert list(wrapped.get_node_ids()) == [7, 8]
+    replies = list(wrapped.send_and_receive([], timeout=5.0))
+    assert len(replies) == 2
+    assert grid.pulls == 5

@@ -9,7 +9,6 @@ writes the run folder.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from linguachain.ledger.hashing import hash_json, hash_weights
 from linguachain.server_app.report import write_run_report
 from linguachain.server_app.results import RunFolder
 from linguachain.strategies.consensus import ConsensusDriver, gate_strategy
+from linguachain.strategies.exchange import QuickPullGrid
 from linguachain.strategies.recording import build_strategy
 from linguachain.server_app.provisioning import prepare_kits
 from linguachain.task.backdoor import (
@@ -285,6 +285,7 @@ def write_outputs(config: RunConfig, task: ServerTask, folder: RunFolder) -> lis
 def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -> dict:
     """Run a whole federation on `grid` and return the summary it writes."""
     wall_started = time.perf_counter()
+    grid = QuickPullGrid(grid)
     folder = RunFolder.create(config, folder_path)
     logger.info("Run folder: %s", folder.path)
     task = prepare_task(config, folder)
