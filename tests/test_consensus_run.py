@@ -69,6 +69,10 @@ def test_rounds_final_and_rewarded(gated_run):
     assert summary["committed_rounds"] == 2
     rows = read_metrics(folder)
     assert [row["consensus"]["status"] for row in rows[1:]] == ["accepted", "accepted"]
+    # CKKS FedAvg: validators checked each model against the decrypted average,
+    # and the decryptors kept what they decrypted.
+    assert [row["consensus"]["aggregate_checked"] for row in rows[1:]] == [True, True]
+    assert len(list((folder / "kits").glob("node-*/decrypted-average-run-*.npz"))) == 2
     ledger = Ledger.open(folder / "ledger.db")
     kinds = [kind for kind, _ in chain_payloads(ledger)]
     assert kinds == ["genesis", "version", "data", "version", "data"]

@@ -17,8 +17,10 @@ from flwr.app import (
     RecordDict,
 )
 
+from linguachain.client_app.secure_update import save_decrypted_average
 from linguachain.client_app.validator import (
     LOSS_CACHE,
+    PROPOSAL_WEIGHTS,
     ParentMissingError,
     _cache_committed_loss,
     _check_model,
@@ -26,7 +28,7 @@ from linguachain.client_app.validator import (
 from linguachain.ledger.chain import Ledger, new_block
 from linguachain.ledger.consensus import genesis_payload
 from linguachain.ledger.hashing import hash_weights
-from linguachain.strategies.consensus import PARENT_RECORD
+from linguachain.strategies.consensus import AGGREGATE_KEY, AGGREGATE_RECORD, PARENT_RECORD
 from ledger.chain_helpers import PARAMS, validator_keys
 
 
@@ -151,3 +153,93 @@ def test_parent_weights_needed_only_uncached(tmp_path):
     _check_model(
         _message(later, None), context, block, hash_weights(proposed), loss, 0.05, cache
     )
+
+
+def _with_aggregate(msg: Message, average: np.ndarray) -> Message:
+    msg.content[AGGREGATE_RECORD] = ArrayRecord({AGGREGATE_KEY: Array(average)})
+    return msg
+
+
+def test_model_checked_against_aggregate(tmp_path):
+    def loss(msg, context, arrays) -> float:
+        return 1.0
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    parent = _weights(0.5)
+    average = np.array([0.25, -0.5, 1.0])
+    proposed = {"w": (parent["w"] + average).astype(np.float32)}
+    block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
+    committed = hash_weights(parent)
+
+    # The proposal is the parent plus the average: accepted.
+    _check_model(
+        _with_aggregate(_message(proposed, parent), average), context, block, committed,
+        loss, 0.05, tmp_path / LOSS_CACHE,
+    )
+    # A server that reports another average than the one it added is caught.
+    with pytest.raises(ValueError, match="not the parent plus the decrypted aggregate"):
+        _check_model(
+            _with_aggregate(_message(proposed, parent), average * 2), context, block,
+            committed, loss, 0.05, tmp_path / LOSS_CACHE,
+        )
+
+
+def test_aggregate_checked_against_own_decryption(tmp_path):
+    def loss(msg, context, arrays) -> float:
+        return 1.0
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    parent = _weights(0.5)
+    committed = hash_weights(parent)
+    decrypted = tmp_path / "decrypted.npz"
+    forged = np.array([0.25, -0.5, 1.0])
+    proposed = {"w": (parent["w"] + forged).astype(np.float32)}
+    block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
+
+    # This node decrypted another average for the same parent model.
+    save_decrypted_average(decrypted, committed, np.array([0.0, 0.0, 0.001]))
+    with pytest.raises(ValueError, match="differs from this node's own decryption"):
+        _check_model(
+            _with_aggregate(_message(proposed, parent), forged), context, block,
+            committed, loss, 0.05, tmp_path / LOSS_CACHE, decrypted,
+        )
+    # What it decrypted for an older parent does not apply to this block.
+    save_decrypted_average(decrypted, "0" * 64, np.array([0.0, 0.0, 0.001]))
+    _check_model(
+        _with_aggregate(_message(proposed, parent), forged), context, block, committed,
+        loss, 0.05, tmp_path / LOSS_CACHE, decrypted,
+    )
+    # Its own result, up to CKKS noise, is accepted.
+    save_decrypted_average(decrypted, committed, forged + 1e-9)
+    _check_model(
+        _with_aggregate(_message(proposed, parent), forged), context, block, committed,
+        loss, 0.05, tmp_path / LOSS_CACHE, decrypted,
+    )
+
+
+def test_aggregate_check_uses_kept_parent(tmp_path):
+    def loss(msg, context, arrays) -> float:
+        return 5.0 - float(arrays["w"].numpy()[0])
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    cache = tmp_path / LOSS_CACHE
+    first, second = _weights(0.0), _weights(1.0)
+    average = np.full(3, 1.0)
+    third = {"w": (second["w"] + average).astype(np.float32)}
+
+    block = new_block(None, "version", {"model_hash": hash_weights(second)}, "")
+    _check_model(_message(second, first), context, block, hash_weights(first), loss,
+                 0.05, cache)
+    # The node kept the weights it voted on, so the parent need not be sent.
+    block = new_block(None, "version", {"model_hash": hash_weights(third)}, "")
+    _check_model(
+        _with_aggregate(_message(third, None), average), context, block,
+        hash_weights(second), loss, 0.05, cache,
+    )
+    # Without kept weights, the aggregate check asks for the parent.
+    (tmp_path / PROPOSAL_WEIGHTS).unlink()
+    with pytest.raises(ParentMissingError):
+        _check_model(
+            _with_aggregate(_message(third, None), average), context, block,
+            hash_weights(second), loss, 0.05, cache,
+        )

@@ -31,6 +31,7 @@ from linguachain.privacy.records import (
     CIPHERTEXT_KIND_KEY,
     CIPHERTEXT_RECORD,
     DECRYPT_RECORD,
+    MODEL_HASH_KEY,
     FLTRUST_SUM_KIND,
     SCALARS_PER_NODE_KEY,
     SCALED_SUM_KIND,
@@ -98,6 +99,30 @@ def kit_path(context: Context, config: RunConfig) -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_kit_cached(path: str) -> NodeKit:
     return load_node_kit(path)
+
+
+def decrypted_average_path(kit_folder: Path, run_id: int) -> Path:
+    """Return the file where a CKKS decryptor keeps its last result of a run."""
+    return kit_folder / f"decrypted-average-run-{run_id}.npz"
+
+
+def save_decrypted_average(path: Path, model_hash: str, average: np.ndarray) -> None:
+    """Write the average update decrypted for the parent model `model_hash`."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as file:
+        np.savez(file, model_hash=np.array(model_hash), average=average)
+    partial.replace(path)
+
+
+def load_decrypted_average(path: Path) -> tuple[str, np.ndarray] | None:
+    """Return the parent model hash and average stored at `path`, if readable."""
+    try:
+        with np.load(path) as stored:
+            return str(stored["model_hash"]), np.asarray(stored["average"])
+    except (OSError, KeyError, ValueError) as error:
+        if path.exists():
+            logger.warning("Ignoring unreadable decrypted average %s: %s", path, error)
+        return None
 
 
 def load_kit(context: Context, config: RunConfig) -> NodeKit:
@@ -251,6 +276,13 @@ def handle_decrypt(msg: Message, context: Context) -> Message:
             int(request["num-replies"]),
             server_round,
         )
+        if MODEL_HASH_KEY in request:
+            # Kept for this node's vote, where it checks the proposed model.
+            save_decrypted_average(
+                decrypted_average_path(kit.path, context.run_id),
+                str(request[MODEL_HASH_KEY]),
+                average,
+            )
         content = RecordDict(
             {PLAINTEXT_RECORD: ArrayRecord({AVERAGE_KEY: Array(average)})}
         )

@@ -6,7 +6,8 @@ of slots, so each chunk fits one ciphertext. The last chunk may be shorter.
 """
 
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -107,3 +108,19 @@ def bytes_per_parameter(payloads: Sequence[bytes], num_parameters: int) -> float
     if num_parameters <= 0:
         raise ValueError(f"num_parameters must be positive, got {num_parameters}")
     return sum(len(payload) for payload in payloads) / num_parameters
+
+
+def add_flat_update(
+    weights: Mapping[str, np.ndarray], update: np.ndarray
+) -> OrderedDict[str, np.ndarray]:
+    """Return the named weights plus a flat update, each array in its own dtype.
+
+    The server builds each new global model this way, and validators repeat it to
+    check that a proposed model is its parent plus the decrypted aggregate.
+    """
+    names = list(weights)
+    arrays = [weights[name] for name in names]
+    updated = unflatten_update(flatten_update(arrays) + update, update_shapes(arrays))
+    return OrderedDict(
+        (name, new.astype(old.dtype)) for name, new, old in zip(names, updated, arrays)
+    )

@@ -41,6 +41,8 @@ SUM_KIND = "sum"
 FLTRUST_SUM_KIND = "fltrust-sum"
 # The FedAvg of norm-bounded updates, already divided by the total block weight.
 SCALED_SUM_KIND = "scaled-sum"
+# Hash of the global model whose update sum a decryption request carries.
+MODEL_HASH_KEY = "model-hash"
 # Scalars per node in a "query.decrypt_scores" request (FLTrust: 2, norm bound: 1).
 SCALARS_PER_NODE_KEY = "scalars-per-node"
 # Array of a score decryption reply: one (inner product, squared norm) row per node.

@@ -225,6 +225,7 @@ class RoundCommitter:
                 "reason": outcome.reason,
                 "blocks": outcome.blocks,
                 "vdf_seconds": outcome.vdf_seconds,
+                "aggregate_checked": outcome.aggregate_checked,
             }
         self.folder.append_metrics(row)
         self.history.append(row)

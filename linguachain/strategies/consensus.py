@@ -9,7 +9,8 @@ block is final. Otherwise it returns None and Flower keeps the old model.
    parent hash and solves the proof of work;
 2. `query.validate` to every validator, which appends the final blocks it lacks
    to its own ledger copy, checks the proposal against it (and, for a version
-   block, the model hash and its local held-back loss) and votes;
+   block, the model hash, that the model is the parent plus the decrypted
+   average, and its local held-back loss) and votes;
 3. `query.sign` to the validators that voted yes, once they hold two thirds of
    the stake; each signs at most one block per height;
 4. the server appends the sealed block to its copy; nodes append it on the next
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
@@ -65,6 +67,7 @@ from linguachain.ledger.rules import (
     is_vdf_height,
 )
 from linguachain.ledger.store import load_weights, save_weights
+from linguachain.privacy.codec import add_flat_update
 from linguachain.privacy.kits import SERVER_DIR
 from linguachain.strategies.exchange import send_and_receive
 from linguachain.strategies.recording import NUM_EXAMPLES_KEY
@@ -74,6 +77,9 @@ logger = logging.getLogger(__name__)
 
 CONSENSUS_RECORD = "consensus"
 PARENT_RECORD = "parent"
+# The decrypted average update that a version block's model adds to its parent.
+AGGREGATE_RECORD = "aggregate"
+AGGREGATE_KEY = "average"
 NODE_DIR_PREFIX = "node-"
 
 
@@ -86,6 +92,8 @@ class RoundOutcome:
     blocks: list[int] = field(default_factory=list)
     seconds: float = 0.0  # consensus and ledger writes, VDF included
     vdf_seconds: float = 0.0  # time the proposer reported for VDF and PoW
+    # Whether validators checked the model against the decrypted average update.
+    aggregate_checked: bool = False
 
 
 def node_dir(nodes_dir: Path, partition_id: int) -> Path:
@@ -127,6 +135,8 @@ class ConsensusDriver:
         self.node_heads: dict[int, int] = {}
         # Model hashes whose validation loss each node reported as cached.
         self.node_losses: dict[int, set[str]] = {}
+        # The hash of the model whose weights each node reported as kept.
+        self.node_weights: dict[int, str] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
         self.round_offset = 0
         self.extra_records: dict[str, ConfigRecord] = {}
@@ -232,11 +242,13 @@ class ConsensusDriver:
         parent: ArrayRecord | None,
         encrypted: dict[int, str] | None = None,
         extra_metrics: dict[str, Any] | None = None,
+        aggregate: np.ndarray | None = None,
     ) -> ArrayRecord | None:
         """Run the round's consensus; return `arrays` only if its block is final.
 
         `encrypted` maps node ids to the commitments of their encrypted updates,
-        when secure aggregation summed only those.
+        when secure aggregation summed only those. `aggregate` is the decrypted
+        average update, which validators check the model against.
         """
         started = time.perf_counter()
         outcome = RoundOutcome(status="rejected")
@@ -262,6 +274,9 @@ class ConsensusDriver:
             records = {"arrays": arrays}
             if parent is not None:
                 records[PARENT_RECORD] = parent
+                if aggregate is not None:
+                    records.update(aggregate_record(parent, aggregate, model_hash))
+                    outcome.aggregate_checked = AGGREGATE_RECORD in records
             path = save_weights(self.store, weights)
             block, reason = self.run_block("version", payload, records, str(path))
             if block is not None:
@@ -489,17 +504,21 @@ class ConsensusDriver:
     ) -> dict[int, dict[str, Any] | None]:
         """Send `query.validate`, with the parent weights only where they are needed.
 
-        A validator needs the parent model only to evaluate it, which it skips
-        when it reported the parent's loss as cached. One that lost its cache
-        replies `need-parent` and gets the proposal again with the parent.
+        A validator needs the parent model to evaluate it, unless it reported the
+        parent's loss as cached, and to check the aggregate, unless it reported
+        the parent's weights as kept. One that lost its cache replies
+        `need-parent` and gets the proposal again with the parent.
         """
         if PARENT_RECORD not in records:
             return self._send(grid, "validate", nodes, fields, records)
         without_parent = {k: v for k, v in records.items() if k != PARENT_RECORD}
+        # With an aggregate to check, a node also needs the parent's weights.
+        needs_weights = AGGREGATE_RECORD in records
         node_records = {
             node: without_parent
             for node in nodes
             if committed_hash in self.node_losses.get(node, set())
+            and (not needs_weights or self.node_weights.get(node) == committed_hash)
         }
         votes = self._send(grid, "validate", nodes, fields, records, node_records)
         retry = [n for n, vote in votes.items() if vote and vote.get("need-parent")]
@@ -558,6 +577,7 @@ class ConsensusDriver:
             self.node_accounts[node_id] = str(values["account"])
             self.node_heads[node_id] = int(values["head"])
             self.node_losses[node_id] = set(json.loads(str(values.get("losses", "[]"))))
+            self.node_weights[node_id] = str(values.get("weights", ""))
             replies[node_id] = values
         return replies
 
@@ -597,8 +617,27 @@ class ConsensusGate:
             getattr(self, "_parent_arrays", None),
             encrypted,
             report.as_metrics() if report is not None else None,
+            getattr(self, "decrypted_averages", {}).get(server_round),
         )
         return decided, metrics
+
+
+def aggregate_record(
+    parent: ArrayRecord, aggregate: np.ndarray, model_hash: str
+) -> dict[str, ArrayRecord]:
+    """Return the aggregate record for validators, if the model is parent + aggregate.
+
+    Rules that add a server step of their own (FedAvgM's momentum) build another
+    model, and then validators get no aggregate to check.
+    """
+    weights = {name: array.numpy() for name, array in parent.items()}
+    if hash_weights(add_flat_update(weights, aggregate)) != model_hash:
+        logger.info(
+            "The model is not the parent plus the decrypted average (a server step"
+            " such as momentum), so validators do not check it against the average"
+        )
+        return {}
+    return {AGGREGATE_RECORD: ArrayRecord({AGGREGATE_KEY: Array(aggregate)})}
 
 
 def commitment_score(score: float | None) -> float:

@@ -44,9 +44,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 from linguachain.config import RunConfig, SecureAggregationConfig
+from linguachain.ledger.hashing import hash_weights
 from linguachain.privacy import paillier
 from linguachain.privacy.dp import LINEAR_RULES, PrivacyAccounting
-from linguachain.privacy.codec import flatten_update, unflatten_update, update_shapes
+from linguachain.privacy.codec import add_flat_update
 from linguachain.privacy.errors import (
     InsufficientSharesError,
     InvalidCiphertextError,
@@ -58,6 +59,7 @@ from linguachain.privacy.records import (
     CIPHERTEXT_RECORD,
     DECRYPT_MESSAGE_TYPE,
     DECRYPT_RECORD,
+    MODEL_HASH_KEY,
     PLAINTEXT_RECORD,
     SUM_KIND,
     chunks_to_record,
@@ -148,6 +150,9 @@ class SecureAggregator(FedAvg):
         self.commitments: dict[int, dict[int, str]] = {}
         # SHA-256 of the rejected replies' array bytes per round, by node id.
         self.rejected_updates: dict[int, dict[int, str]] = {}
+        # The last round's decrypted average update, by round.
+        self.decrypted_averages: dict[int, np.ndarray] = {}
+        self._global_hash = ""
         # Robustness scores and privacy spent per round, for metrics and ledger.
         self.round_reports: dict[int, RoundReport] = {}
         self.privacy: PrivacyAccounting | None = None
@@ -198,6 +203,7 @@ class SecureAggregator(FedAvg):
         """
         self._grid = grid
         self._global_arrays = arrays
+        self._global_hash = hash_weights({n: a.numpy() for n, a in arrays.items()})
         self._train_config = config
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sampled[server_round] = len(messages)
@@ -250,6 +256,8 @@ class SecureAggregator(FedAvg):
         self.commitments[server_round] = {
             reply.node_id: reply.commitment for reply in loaded
         }
+        # Validators check the new model against the decrypted average.
+        self.decrypted_averages = {server_round: average}
         arrays = self.apply_update(average)
         metrics = self.train_metrics_aggr_fn(
             [reply.content for reply in loaded], self.weighted_by_key
@@ -348,16 +356,9 @@ class SecureAggregator(FedAvg):
     def apply_update(self, average: np.ndarray) -> ArrayRecord:
         """Return the global model plus the average update, in the global dtypes."""
         assert self._global_arrays is not None
-        names = list(self._global_arrays.keys())
-        arrays = [array.numpy() for array in self._global_arrays.values()]
-        flat = flatten_update(arrays) + average
-        updated = unflatten_update(flat, update_shapes(arrays))
-        return ArrayRecord(
-            OrderedDict(
-                (name, Array(new.astype(old.dtype)))
-                for name, new, old in zip(names, updated, arrays)
-            )
-        )
+        weights = {name: array.numpy() for name, array in self._global_arrays.items()}
+        updated = add_flat_update(weights, average)
+        return ArrayRecord(OrderedDict((name, Array(new)) for name, new in updated.items()))
 
     # Decryption protocols.
 
@@ -566,6 +567,8 @@ class SecureAggregator(FedAvg):
             "length": self._model_length(),
             "num-replies": num_replies,
             CIPHERTEXT_KIND_KEY: self.ciphertext_kind,
+            # Decryptors keep their result under this parent model for their vote.
+            MODEL_HASH_KEY: self._global_hash,
         }
 
     def _send_to_committee(
