@@ -256,7 +256,12 @@ class SecureAggregator(FedAvg):
         self.commitments[server_round] = {
             reply.node_id: reply.commitment for reply in loaded
         }
-        # Validators check the new model against the decrypted average.
+        # Validators check the new model against the decrypted average. For
+        # float32 weights it goes in float32: half the bytes, and the new model
+        # adds exactly that.
+        dtypes = {array.dtype for array in self._global_arrays.values()}
+        if dtypes == {"float32"}:
+            average = np.asarray(average, dtype=np.float32)
         self.decrypted_averages = {server_round: average}
         arrays = self.apply_update(average)
         metrics = self.train_metrics_aggr_fn(
