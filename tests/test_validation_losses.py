@@ -24,6 +24,7 @@ from linguachain.client_app.validator import (
     ParentMissingError,
     _cache_committed_loss,
     _check_model,
+    _kept_weights_hash,
 )
 from linguachain.ledger.chain import Ledger, new_block
 from linguachain.ledger.consensus import genesis_payload
@@ -230,7 +231,9 @@ def test_aggregate_check_uses_kept_parent(tmp_path):
     block = new_block(None, "version", {"model_hash": hash_weights(second)}, "")
     _check_model(_message(second, first), context, block, hash_weights(first), loss,
                  0.05, cache)
-    # The node kept the weights it voted on, so the parent need not be sent.
+    # The node kept the weights it voted on and reports their hash, so the
+    # parent need not be sent.
+    assert _kept_weights_hash(str(tmp_path / "ledger.db")) == hash_weights(second)
     block = new_block(None, "version", {"model_hash": hash_weights(third)}, "")
     _check_model(
         _with_aggregate(_message(third, None), average), context, block,

@@ -245,7 +245,9 @@ def _check_model(
         _loss_key(msg, payload["model_hash"]): new_loss,
     })
     if cache is not None:
-        _save_weights(cache.with_name(PROPOSAL_WEIGHTS), proposed_weights)
+        _save_weights(
+            cache.with_name(PROPOSAL_WEIGHTS), proposed_weights, payload["model_hash"]
+        )
     if not math.isfinite(new_loss) or new_loss > parent_loss + tolerance:
         raise ValueError(
             f"local held-back loss {new_loss:.4f} exceeds the parent's {parent_loss:.4f}"
@@ -314,12 +316,14 @@ def _to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(array) for name, array in weights.items()})
 
 
-def _save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
+def _save_weights(path: Path, weights: dict[str, np.ndarray], model_hash: str) -> None:
     """Keep a model's weights, in order, for the vote where it is the parent."""
     partial = path.with_name(path.name + ".partial")
     arrays = {f"{i:04d}": array for i, array in enumerate(weights.values())}
     with partial.open("wb") as file:
-        np.savez(file, names=np.array(list(weights)), **arrays)
+        np.savez(
+            file, model_hash=np.array(model_hash), names=np.array(list(weights)), **arrays
+        )
     partial.replace(path)
 
 
@@ -358,7 +362,9 @@ def _cache_committed_loss(
         _write_losses(cache, losses, {_loss_key(msg, chain.model_hash): loss})
     if _kept_weights_hash(ledger_url) != chain.model_hash:
         _save_weights(
-            cache.with_name(PROPOSAL_WEIGHTS), {n: a.numpy() for n, a in committed.items()}
+            cache.with_name(PROPOSAL_WEIGHTS),
+            {n: a.numpy() for n, a in committed.items()},
+            chain.model_hash,
         )
 
 
@@ -373,10 +379,15 @@ def _cached_models(msg: Message, ledger_url: str) -> list[str]:
 
 def _kept_weights_hash(ledger_url: str) -> str:
     """Return the hash of the proposal weights this node kept, or ""."""
-    if "://" in ledger_url:
+    path = None if "://" in ledger_url else Path(ledger_url).with_name(PROPOSAL_WEIGHTS)
+    if path is None or not path.is_file():
         return ""
-    kept = _load_weights(Path(ledger_url).with_name(PROPOSAL_WEIGHTS))
-    return "" if kept is None else hash_weights(kept)
+    try:
+        with np.load(path) as stored:
+            return str(stored["model_hash"])
+    except (OSError, KeyError, ValueError) as error:
+        logger.warning("Ignoring unreadable weights file %s: %s", path, error)
+        return ""
 
 
 def _loss_key(msg: Message, model_hash: str) -> str:
