@@ -7,7 +7,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Federated GPT-2 training with a verifiable ledger.", no_args_is_help=True)
+# Tracebacks never show local variables: they would print secret keys.
+app = typer.Typer(
+    help="Federated GPT-2 training with a verifiable ledger.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 ledger_app = typer.Typer(help="Inspect and verify a ledger.", no_args_is_help=True)
 superlink_app = typer.Typer(
     help="Manage the local simulation SuperLink that `flwr run .` reuses.",
@@ -60,6 +65,8 @@ def superlink_status() -> None:
         typer.echo(f"running ({owner})")
     else:
         typer.echo("not running")
+        # Like `systemctl status`, a stopped service is a non-zero exit.
+        raise typer.Exit(3)
 
 
 @app.command("provision-deploy")
@@ -172,11 +179,28 @@ def cluster_up(
 
 
 def _open_ledger(db: str):  # type: ignore[no-untyped-def]
+    """Open an existing ledger, never creating tables in a file that holds none."""
+    import sqlite3
+
     from linguachain.ledger.chain import Ledger
 
-    if "://" not in db and not Path(db).is_file():
-        typer.echo(f"Error: ledger file not found: {db}", err=True)
-        raise typer.Exit(2)
+    if "://" not in db:
+        if not Path(db).is_file():
+            typer.echo(f"Error: ledger file not found: {db}", err=True)
+            raise typer.Exit(2)
+        try:
+            with sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True) as probe:
+                query = "SELECT name FROM sqlite_master WHERE type='table'"
+                tables = {row[0] for row in probe.execute(query)}
+        except sqlite3.DatabaseError as error:
+            typer.echo(f"Error: {db} is not a SQLite database ({error}).", err=True)
+            raise typer.Exit(2) from error
+        if "blocks" not in tables:
+            typer.echo(
+                f"Error: {db} holds no ledger (no blocks table); pass a run's ledger.db.",
+                err=True,
+            )
+            raise typer.Exit(2)
     return Ledger.open(db)
 
 
@@ -207,18 +231,22 @@ def ledger_verify(db: str = typer.Option(..., help="Ledger SQLite file or databa
 @ledger_app.command("balances")
 def ledger_balances(
     db: str = typer.Option(..., help="Ledger SQLite file or database URL."),
+    full: bool = typer.Option(
+        False, "--full", help="Print whole account ids, as `transfer --to` takes them."
+    ),
 ) -> None:
     """Print each account's LinguaCoin balance, stake and nonce, and the supply."""
     from linguachain.ledger.constants import BASE_UNITS_PER_LINGUACOIN as UNIT
 
     ledger = _open_ledger(db)
     context = ledger.context()
-    typer.echo(f"{'account':<20} {'balance':>18} {'stake':>18} {'nonce':>6}")
+    width = 96 if full else 20
+    typer.echo(f"{'account':<{width}} {'balance':>18} {'stake':>18} {'nonce':>6}")
     total = 0
     for account in ledger.accounts():
         total += account.balance + account.stake
         typer.echo(
-            f"{account.account[:20]} {account.balance / UNIT:>18.8f}"
+            f"{account.account[:width]} {account.balance / UNIT:>18.8f}"
             f" {account.stake / UNIT:>18.8f} {account.nonce:>6}"
         )
     minted, burned = context.accounts.minted, context.accounts.burned
@@ -336,7 +364,22 @@ def transfer(
         sign_transaction,
     )
 
+    from linguachain.ledger import bls
+    from linguachain.ledger.transactions import is_account_id
+
     key = read_validator_key(kit)
+    if not is_account_id(to) or not bls.key_validate(bytes.fromhex(to)):
+        typer.echo(
+            f"Error: --to {to!r} is not an account id: use the 96-hex-character BLS"
+            " public key of the recipient (`public_key` in its kit's bls_key.json, or"
+            " `linguachain ledger balances --full`).",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if to == key.account:
+        typer.echo("Error: --to is the sender's own account; a transfer needs another.",
+                   err=True)
+        raise typer.Exit(2)
     ledger = _open_ledger(db)
     state = ledger.context().accounts
     try:
@@ -449,6 +492,9 @@ def generate(
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
     """Continue a prompt with a saved model."""
+    if not prompt:
+        typer.echo("Error: --prompt is empty; pass the text to continue.", err=True)
+        raise typer.Exit(2)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
@@ -506,5 +552,18 @@ def _load_version(version: str, run: Path | None):  # type: ignore[no-untyped-de
     return model, tokenizer
 
 
+def main() -> None:
+    """Run the command line, printing an expected failure as one error line."""
+    from zipfile import BadZipFile
+
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        app()
+    except (OSError, ValueError, DatabaseError, BadZipFile) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

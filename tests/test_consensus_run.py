@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from linguachain.cli import app as cli
+from linguachain.cli import main
 from linguachain.config import nest_dotted_keys
 from linguachain.ledger.chain import Ledger
 from linguachain.sweep import run_job
@@ -120,6 +122,36 @@ def test_cli_balances_and_transfer(gated_run, tmp_path):
                                    "--amount", str(10**18), "--db", str(ledger_copy)])
     assert too_much.exit_code == 1
     assert "exceeds the balance" in too_much.output
+    # Hex that is no BLS public key, and the sender's own account, are refused.
+    for bad in ["ab" * 48, Ledger.open(ledger_copy).accounts()[0].account]:
+        refused = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", bad,
+                                      "--amount", "1", "--db", str(ledger_copy)])
+        assert refused.exit_code == 2, refused.output
+        assert "--to" in refused.output
+    full = runner.invoke(cli, ["ledger", "balances", "--db", str(ledger_copy), "--full"])
+    assert recipient in full.output
+
+
+def test_cli_errors_without_tracebacks(gated_run, tmp_path, monkeypatch):
+    folder, _ = gated_run
+    assert cli.pretty_exceptions_show_locals is False
+    # A file that is no ledger is refused without creating tables in it.
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE x (a)")
+    refused = CliRunner().invoke(cli, ["ledger", "verify", "--db", str(other)])
+    assert refused.exit_code == 2
+    assert "holds no ledger" in refused.output
+    with sqlite3.connect(other) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["x"]
+    # main() prints an expected failure as one line, not a traceback.
+    monkeypatch.setattr(sys, "argv", ["linguachain", "transfer", "--kit",
+                                      str(tmp_path / "missing"), "--to", "ab" * 48,
+                                      "--amount", "1", "--db", str(other)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
 
 
 def test_worse_model_rejected_and_model_stays(micro_overrides, tmp_path):

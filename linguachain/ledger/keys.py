@@ -113,8 +113,10 @@ def read_validator_key(path: str | os.PathLike[str]) -> ValidatorKey:
         file_name = manifest.get("files", {}).get(KIT_FILE_KEY)
         if file_name is None:
             raise ValueError(
-                f"kit {target} lists no {KIT_FILE_KEY!r} file in kit.json: re-provision"
-                " the kits with this linguachain version"
+                f"kit {target} lists no {KIT_FILE_KEY!r} file in kit.json. The"
+                " server's kit holds no BLS key, so pass a node's kit"
+                " (kits/node-<i>); a node kit without one was written by an older"
+                " linguachain version and needs `linguachain provision` again"
             )
         target = target / file_name
     if not target.is_file():
