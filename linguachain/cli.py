@@ -179,7 +179,7 @@ def cluster_up(
 
 
 def _open_ledger(db: str):  # type: ignore[no-untyped-def]
-    """Open an existing ledger, never creating tables in a file that holds none."""
+    """Open an existing ledger, never creating tables in a file without one."""
     import sqlite3
 
     from linguachain.ledger.chain import Ledger
@@ -197,7 +197,7 @@ def _open_ledger(db: str):  # type: ignore[no-untyped-def]
             raise typer.Exit(2) from error
         if "blocks" not in tables:
             typer.echo(
-                f"Error: {db} holds no ledger (no blocks table); pass a run's ledger.db.",
+                f"Error: {db} contains no ledger (no blocks table); pass a run's ledger.db.",
                 err=True,
             )
             raise typer.Exit(2)

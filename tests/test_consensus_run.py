@@ -141,7 +141,7 @@ def test_cli_errors_without_tracebacks(gated_run, tmp_path, monkeypatch):
         connection.execute("CREATE TABLE x (a)")
     refused = CliRunner().invoke(cli, ["ledger", "verify", "--db", str(other)])
     assert refused.exit_code == 2
-    assert "holds no ledger" in refused.output
+    assert "contains no ledger" in refused.output
     with sqlite3.connect(other) as connection:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master")]
     assert tables == ["x"]
@@ -288,10 +288,16 @@ def test_resume_after_kills(micro_overrides, tmp_path):
         for tx in p["transactions"]
     ]
     assert reward_nonces == list(range(1, len(reward_nonces) + 1))
-    rounds = [row["round"] for row in read_metrics(folder)]
+    rows = read_metrics(folder)
+    rounds = [row["round"] for row in rows]
     assert len(rounds) == len(set(rounds))
     assert rounds[-1] == 3
     assert summary["ledger"]["head"] == report.head_hash
+    # The summary covers the whole run, not only the last server session.
+    assert summary["initial_test_perplexity"] == rows[0]["test_perplexity"]
+    assert summary["final_test_perplexity"] == rows[-1]["test_perplexity"]
+    assert summary["committed_rounds"] == 3
+    assert summary["num_nodes"] == 2
     for path in sorted((folder / "nodes").glob("node-*/ledger.db")):
         replica = Ledger.open(path)
         assert replica.head().hash == report.head_hash, path

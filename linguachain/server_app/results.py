@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from linguachain.config import RunConfig, flatten
+from linguachain.config import ConfigError, RunConfig, flatten, from_nested
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,29 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# Keys a resumed run may change: how many rounds, timeouts and what it writes.
+RESUMABLE_KEYS = ("train.rounds", "federation.timeout", "consensus.timeout", "output.")
+
+
+def check_resume_config(path: Path, config: RunConfig) -> None:
+    """Raise ConfigError if a resumed run changes a key that shapes its training."""
+    if not path.is_file():
+        return
+    previous = flatten(from_nested(yaml.safe_load(path.read_text(encoding="utf-8"))))
+    current = flatten(config)
+    changed = [
+        f"{key}={previous.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(previous) | set(current))
+        if previous.get(key) != current.get(key) and not key.startswith(RESUMABLE_KEYS)
+    ]
+    if changed:
+        raise ConfigError(
+            f"The run folder {path.parent} was started with another config"
+            f" ({'; '.join(changed)}). Resume it with the same values, or set"
+            " output.run_id to start a new run."
+        )
+
+
 class RunFolder:
     """Writes a run's outputs under one folder."""
 
@@ -56,6 +79,8 @@ class RunFolder:
             run_id = config.output.run_id or new_run_id()
             path = Path(config.output.dir) / run_id
         folder = cls(path.resolve())
+        if folder.metrics_file.exists():
+            check_resume_config(folder.path / "config.yaml", config)
         with open(folder.path / "config.yaml", "w", encoding="utf-8") as stream:
             yaml.safe_dump(nested_config(config), stream, sort_keys=False)
         return folder

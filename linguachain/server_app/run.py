@@ -334,16 +334,17 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     samples = write_outputs(config, task, folder)
     report = ledger.verify()
     ledger.close()
-    history = committer.history
+    # A resumed run reports on all its rounds, from every server session.
+    rows = folder.read_metrics() or committer.history
     summary = {
         "rounds": config.train.rounds,
-        "num_nodes": max((row["nodes"] for row in history), default=0),
+        "num_nodes": max((row["nodes"] for row in rows), default=0),
         "params": count_parameters(task.model),
-        "initial_test_perplexity": history[0]["test_perplexity"],
-        "final_test_perplexity": history[-1]["test_perplexity"],
-        "final_test_bits_per_byte": history[-1]["test_bits_per_byte"],
-        "final_model_hash": history[-1]["model_hash"],
-        "committed_rounds": sum(1 for row in history[1:] if row["committed"]),
+        "initial_test_perplexity": rows[0]["test_perplexity"],
+        "final_test_perplexity": rows[-1]["test_perplexity"],
+        "final_test_bits_per_byte": rows[-1]["test_bits_per_byte"],
+        "final_model_hash": rows[-1]["model_hash"],
+        "committed_rounds": sum(1 for row in rows[1:] if row["committed"]),
         "ledger": {"url": ledger_url, "valid": report.valid, "head": report.head_hash},
         "data_source": task.data_source,
         "wall_seconds": time.perf_counter() - wall_started,
@@ -353,8 +354,10 @@ def run_server(grid: Grid, config: RunConfig, folder_path: Path | None = None) -
     folder.plot_perplexity()
     write_run_report(folder.path)
     logger.info(
-        "Finished %d rounds in %.0f s: held-out perplexity %.1f -> %.1f; results in %s",
-        config.train.rounds,
+        "Finished %d rounds (%d in this session) in %.0f s: held-out perplexity"
+        " %.1f -> %.1f; results in %s",
+        rows[-1]["round"],
+        len(committer.history) - 1,
         summary["wall_seconds"],
         summary["initial_test_perplexity"],
         summary["final_test_perplexity"],
