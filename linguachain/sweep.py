@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from linguachain.config import ConfigError, RunConfig, from_nested, valid_keys
-from linguachain.sweep_summary import write_failed_job
+from linguachain.sweep_summary import FAILED_JOBS, write_failed_job
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ def main() -> None:
         print(f"Error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     _hydra_main()
+    failed = sum(FAILED_JOBS)
+    if failed:
+        print(f"Error: {failed} sweep job(s) failed; see sweep_summary.md.", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

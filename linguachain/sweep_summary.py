@@ -296,12 +296,17 @@ def count_jobs(task_overrides: list[str]) -> int | None:
     return len(batches[0])
 
 
+# Failed jobs of each sweep this process ran, for linguachain-sweep's exit code.
+FAILED_JOBS: list[int] = []
+
+
 class SweepSummaryCallback(Callback):
     """Show sweep progress and write the sweep summary once every job has ended."""
 
     def __init__(self) -> None:
         self.progress: tqdm | None = None
         self.finished = 0
+        self.failed = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the progress bar over the sweep's jobs."""
@@ -318,9 +323,11 @@ class SweepSummaryCallback(Callback):
         self.finished += 1
         folder = Path(config.hydra.runtime.output_dir)
         failed = (folder / FAILED_FILE).is_file()
+        self.failed += int(failed)
+        # Hydra numbers job folders from 0, so the log names jobs the same way.
         logger.info(
             "Sweep job %d %s (%s); folder %s",
-            self.finished,
+            self.finished - 1,
             "FAILED" if failed else "finished",
             " ".join(job_return.overrides or []),
             folder,
@@ -332,3 +339,4 @@ class SweepSummaryCallback(Callback):
         if self.progress is not None:
             self.progress.close()
         write_sweep_summary(Path(config.hydra.sweep.dir))
+        FAILED_JOBS.append(self.failed)

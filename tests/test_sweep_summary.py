@@ -41,7 +41,9 @@ def test_failed_job_reported_and_sweep_goes_on(wikitext, tmp_path):
         f"hydra.sweep.dir={sweep_dir}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The sweep runs to its end, then exits 1 for the failed job.
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 sweep job(s) failed" in result.stderr
 
     # The failing job wrote its record; the next job still ran to the end.
     assert (sweep_dir / "0" / FAILED_FILE).is_file()
@@ -65,7 +67,7 @@ def test_failed_job_reported_and_sweep_goes_on(wikitext, tmp_path):
     assert "2 jobs, 1 completed, 1 failed" in markdown
     assert "| data.path |" in markdown
     assert "`model=micro`" in markdown
-    assert "Sweep job 1 FAILED" in result.stderr + result.stdout
+    assert "Sweep job 0 FAILED" in result.stderr + result.stdout
 
 
 def test_interrupted_job_is_incomplete(tmp_path):
