@@ -126,7 +126,7 @@ def test_cli_balances_and_transfer(gated_run, tmp_path):
                                    "--amount", str(10**18), "--db", str(ledger_copy)])
     assert too_much.exit_code == 1
     assert "exceeds the balance" in too_much.output
-    # Hex that is no BLS public key, and the sender's own account, are refused.
+    # Hex that is no BLS public key, and the sender's own account, are rejected.
     for bad in ["ab" * 48, sender]:
         refused = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", bad,
                                       "--amount", "1", "--db", str(ledger_copy)])
@@ -139,13 +139,13 @@ def test_cli_balances_and_transfer(gated_run, tmp_path):
 def test_cli_errors_without_tracebacks(gated_run, tmp_path, monkeypatch):
     folder, _ = gated_run
     assert cli.pretty_exceptions_show_locals is False
-    # A file that is no ledger is refused without creating tables in it.
+    # A file that is no ledger is rejected without creating tables in it.
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as connection:
         connection.execute("CREATE TABLE x (a)")
-    refused = CliRunner().invoke(cli, ["ledger", "verify", "--db", str(other)])
-    assert refused.exit_code == 2
-    assert "contains no ledger" in refused.output
+    rejected = CliRunner().invoke(cli, ["ledger", "verify", "--db", str(other)])
+    assert rejected.exit_code == 2
+    assert "contains no ledger" in rejected.output
     with sqlite3.connect(other) as connection:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master")]
     assert tables == ["x"]
