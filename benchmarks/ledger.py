@@ -275,10 +275,11 @@ def write_section(results: dict, command: str) -> None:
         f" {results['verify_validator_signatures']} validator signatures in all.",
         "The parallel replay checks VDF proofs and BLS signatures in a worker process",
         "while the main process replays the state, so it gains only where a core is",
-        f"free. The round share comes from a {results.get('rounds_measured')}-round run"
-        " with the `flwr run .` defaults (tiny preset, 4 nodes, CKKS): ledger seconds",
-        "minus the propose step, which holds the VDF and PoW, over the sum of the",
-        "round's phases (train, aggregate, evaluate, ledger) in `metrics.jsonl`.",
+        "free.",
+        f"The round share comes from a {results.get('rounds_measured')}-round run with",
+        "the `flwr run .` defaults (tiny preset, 4 nodes, CKKS). It is the ledger",
+        "seconds minus the propose step, which contains the VDF and PoW, over the sum",
+        "of the round's phases (train, aggregate, evaluate, ledger) in `metrics.jsonl`.",
         "",
     ]
     replace_section("## Ledger", lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-# Tracebacks never show local variables: they would print secret keys.
+# Tracebacks leave out local variables, because those include secret keys.
 app = typer.Typer(
     help="Federated GPT-2 training with a verifiable ledger.",
     no_args_is_help=True,

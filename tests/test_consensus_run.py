@@ -128,10 +128,10 @@ def test_cli_balances_and_transfer(gated_run, tmp_path):
     assert "exceeds the balance" in too_much.output
     # Hex that is no BLS public key, and the sender's own account, are rejected.
     for bad in ["ab" * 48, sender]:
-        refused = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", bad,
+        rejected = runner.invoke(cli, ["transfer", "--kit", str(key), "--to", bad,
                                       "--amount", "1", "--db", str(ledger_copy)])
-        assert refused.exit_code == 2, refused.output
-        assert "--to" in refused.output
+        assert rejected.exit_code == 2, rejected.output
+        assert "--to" in rejected.output
     full = runner.invoke(cli, ["ledger", "balances", "--db", str(ledger_copy), "--full"])
     assert recipient in full.output
 

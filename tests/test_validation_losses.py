@@ -18,13 +18,13 @@ from flwr.app import (
 )
 
 from linguachain.client_app.secure_update import save_decrypted_average
-from linguachain.client_app.validator import (
+from linguachain.client_app.model_check import (
     LOSS_CACHE,
     PROPOSAL_WEIGHTS,
     ParentMissingError,
-    _cache_committed_loss,
-    _check_model,
-    _kept_weights_hash,
+    cache_committed_loss,
+    check_model,
+    proposal_weights_hash,
 )
 from linguachain.ledger.chain import Ledger, new_block
 from linguachain.ledger.consensus import genesis_payload
@@ -73,7 +73,7 @@ def test_parent_loss_read_from_cache(tmp_path):
     models = [_weights(0.0), _weights(1.0), _weights(2.0)]
     for parent, proposed in zip(models, models[1:]):
         block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
-        _check_model(
+        check_model(
             _message(proposed, parent), context, block, hash_weights(parent), loss,
             0.05, cache,
         )
@@ -85,7 +85,7 @@ def test_parent_loss_read_from_cache(tmp_path):
     worse = _weights(-1.0)
     block = new_block(None, "version", {"model_hash": hash_weights(worse)}, "")
     with pytest.raises(ValueError, match="exceeds the parent"):
-        _check_model(
+        check_model(
             _message(worse, models[2]), context, block, hash_weights(models[2]), loss,
             0.05, cache,
         )
@@ -112,19 +112,19 @@ def test_committed_loss_cached_at_start(tmp_path):
     start = _message(genesis_model, genesis_model)
 
     # A node without stake votes on nothing, so it evaluates nothing.
-    _cache_committed_loss(ledger, unstaked, str(ledger_path), start, context, loss)
+    cache_committed_loss(ledger, unstaked, str(ledger_path), start, context, loss)
     assert evaluated == []
     # Weights that are not the committed model are not cached.
     wrong = _message(proposed, proposed)
-    _cache_committed_loss(ledger, staked, str(ledger_path), wrong, context, loss)
+    cache_committed_loss(ledger, staked, str(ledger_path), wrong, context, loss)
     assert evaluated == []
     assert not (tmp_path / LOSS_CACHE).exists()
 
-    _cache_committed_loss(ledger, staked, str(ledger_path), start, context, loss)
+    cache_committed_loss(ledger, staked, str(ledger_path), start, context, loss)
     assert evaluated == [0.0]
     # The first vote then evaluates only the proposed model.
     block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
-    _check_model(
+    check_model(
         _message(proposed, genesis_model), context, block, hash_weights(genesis_model),
         loss, 0.05, tmp_path / LOSS_CACHE,
     )
@@ -141,17 +141,17 @@ def test_parent_weights_needed_only_uncached(tmp_path):
     parent, proposed, later = _weights(0.0), _weights(1.0), _weights(2.0)
     block = new_block(None, "version", {"model_hash": hash_weights(proposed)}, "")
     with pytest.raises(ParentMissingError):
-        _check_model(
+        check_model(
             _message(proposed, None), context, block, hash_weights(parent), loss, 0.05,
             cache,
         )
-    _check_model(
+    check_model(
         _message(proposed, parent), context, block, hash_weights(parent), loss, 0.05,
         cache,
     )
     # The proposal's loss is now cached, so it needs no weights as the next parent.
     block = new_block(None, "version", {"model_hash": hash_weights(later)}, "")
-    _check_model(
+    check_model(
         _message(later, None), context, block, hash_weights(proposed), loss, 0.05, cache
     )
 
@@ -173,13 +173,13 @@ def test_model_checked_against_aggregate(tmp_path):
     committed = hash_weights(parent)
 
     # The proposal is the parent plus the average: accepted.
-    _check_model(
+    check_model(
         _with_aggregate(_message(proposed, parent), average), context, block, committed,
         loss, 0.05, tmp_path / LOSS_CACHE,
     )
     # A server that reports another average than the one it added is caught.
     with pytest.raises(ValueError, match="not the parent plus the decrypted aggregate"):
-        _check_model(
+        check_model(
             _with_aggregate(_message(proposed, parent), average * 2), context, block,
             committed, loss, 0.05, tmp_path / LOSS_CACHE,
         )
@@ -200,25 +200,25 @@ def test_aggregate_checked_against_own_decryption(tmp_path):
     # This node decrypted another average for the same parent model.
     save_decrypted_average(decrypted, committed, np.array([0.0, 0.0, 0.001]))
     with pytest.raises(ValueError, match="differs from this node's own decryption"):
-        _check_model(
+        check_model(
             _with_aggregate(_message(proposed, parent), forged), context, block,
             committed, loss, 0.05, tmp_path / LOSS_CACHE, decrypted,
         )
     # What it decrypted for an older parent does not apply to this block.
     save_decrypted_average(decrypted, "0" * 64, np.array([0.0, 0.0, 0.001]))
-    _check_model(
+    check_model(
         _with_aggregate(_message(proposed, parent), forged), context, block, committed,
         loss, 0.05, tmp_path / LOSS_CACHE, decrypted,
     )
     # Its own result, up to CKKS noise, is accepted.
     save_decrypted_average(decrypted, committed, forged + 1e-9)
-    _check_model(
+    check_model(
         _with_aggregate(_message(proposed, parent), forged), context, block, committed,
         loss, 0.05, tmp_path / LOSS_CACHE, decrypted,
     )
 
 
-def test_aggregate_check_uses_kept_parent(tmp_path):
+def test_aggregate_check_uses_saved_parent(tmp_path):
     def loss(msg, context, arrays) -> float:
         return 5.0 - float(arrays["w"].numpy()[0])
 
@@ -229,20 +229,20 @@ def test_aggregate_check_uses_kept_parent(tmp_path):
     third = {"w": (second["w"] + average).astype(np.float32)}
 
     block = new_block(None, "version", {"model_hash": hash_weights(second)}, "")
-    _check_model(_message(second, first), context, block, hash_weights(first), loss,
+    check_model(_message(second, first), context, block, hash_weights(first), loss,
                  0.05, cache)
-    # The node kept the weights it voted on and reports their hash, so the
+    # The node saved the weights it voted on and reports their hash, so the
     # parent need not be sent.
-    assert _kept_weights_hash(str(tmp_path / "ledger.db")) == hash_weights(second)
+    assert proposal_weights_hash(str(tmp_path / "ledger.db")) == hash_weights(second)
     block = new_block(None, "version", {"model_hash": hash_weights(third)}, "")
-    _check_model(
+    check_model(
         _with_aggregate(_message(third, None), average), context, block,
         hash_weights(second), loss, 0.05, cache,
     )
-    # Without kept weights, the aggregate check asks for the parent.
+    # Without saved weights, the aggregate check requests the parent.
     (tmp_path / PROPOSAL_WEIGHTS).unlink()
     with pytest.raises(ParentMissingError):
-        _check_model(
+        check_model(
             _with_aggregate(_message(third, None), average), context, block,
             hash_weights(second), loss, 0.05, cache,
         )

@@ -135,7 +135,7 @@ class ConsensusDriver:
         self.node_heads: dict[int, int] = {}
         # Model hashes whose validation loss each node reported as cached.
         self.node_losses: dict[int, set[str]] = {}
-        # The hash of the model whose weights each node reported as kept.
+        # The hash of the model whose weights each node reported as saved.
         self.node_weights: dict[int, str] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
         self.round_offset = 0
@@ -506,7 +506,7 @@ class ConsensusDriver:
 
         A validator needs the parent model to evaluate it, unless it reported the
         parent's loss as cached, and to check the aggregate, unless it reported
-        the parent's weights as kept. One that lost its cache replies
+        the parent's weights as saved. One that lost its cache replies
         `need-parent` and gets the proposal again with the parent.
         """
         if PARENT_RECORD not in records:

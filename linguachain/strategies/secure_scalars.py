@@ -18,7 +18,7 @@ from linguachain.privacy.records import (
     SCALARS_PER_NODE_KEY,
     SCORES_KEY,
 )
-from linguachain.strategies.screening import RoundReport, content_node_key
+from linguachain.strategies.screening import RoundReport
 from linguachain.strategies.secure_fedavg import (
     CommitteeRequest,
     LoadedReply,
@@ -32,18 +32,12 @@ class SecureScalarAggregator(SecureAggregator):
     def load_replies(
         self, server_round: int, replies: Iterable[Message]
     ) -> list[LoadedReply]:
-        """Validate the replies and record each rejected node with a score of 0."""
-        replies = list(replies)
-        loaded = super().load_replies(server_round, replies)
-        report = self.round_reports[server_round] = RoundReport()
-        valid = {reply.node_id for reply in loaded}
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            if node_id not in valid:
-                key = content_node_key(reply.content, node_id)
-                report.rejected[key] = "invalid encrypted reply"
-                report.scores[key] = 0.0
-        return loaded
+        """Start the round's report, then validate the replies into it.
+
+        The base class records each rejected node there with a score of 0.
+        """
+        self.round_reports[server_round] = RoundReport()
+        return super().load_replies(server_round, replies)
 
     def decrypt_sum(
         self,
